@@ -1,0 +1,170 @@
+//! `cloudmine bench …`: benchmarks that print figures. Method: a fixed synthetic workload, several timed
+//! runs of about a second each on one thread, median and spread reported.
+
+use clap::Subcommand;
+use mining_core::{BatchHasher, PreparedJob, ShareInput};
+use std::time::Instant;
+use units::Difficulty;
+
+/// Which benchmark.
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Share validation (200-byte coinbase, 12-level branch, header, compare) and bare header sha256d, one core.
+    Validate {
+        /// Timed runs (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Shares hashed per batch (pairs are interleaved).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+}
+
+/// Runs a benchmark.
+pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Validate { runs, seconds, batch } => validate(runs.max(1), seconds, batch.max(1)),
+    }
+}
+
+fn median(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.get(v.len() / 2).copied().unwrap_or(0.0);
+    (
+        mid,
+        v.first().copied().unwrap_or(0.0),
+        v.last().copied().unwrap_or(0.0),
+    )
+}
+
+fn timed(runs: usize, seconds: f64, mut step: impl FnMut() -> u64) -> Vec<f64> {
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < seconds {
+                n += step();
+            }
+            n as f64 / start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn validate(runs: usize, seconds: f64, batch: usize) -> anyhow::Result<()> {
+    println!("sha-ni: {}", sha256d::has_sha_ni());
+    // 200-byte coinbase: coinb1 (100) + EN1 (4) + EN2 (4) + coinb2 (92); 12-level merkle branch.
+    let coinb1: Vec<u8> = (0..100u8).collect();
+    let coinb2: Vec<u8> = (0..92u8).map(|b| b.wrapping_mul(7)).collect();
+    let branch: Vec<[u8; 32]> = (0..12u8).map(|i| [i; 32]).collect();
+    let job = PreparedJob::new(
+        coinb1,
+        coinb2,
+        branch,
+        0x2000_0000,
+        [3; 32],
+        0x1d00ffff,
+        1_700_000_000,
+    )?;
+    let prefix = job.prefix(&[1, 2, 3, 4]);
+    let target = Difficulty::from_int(1).to_target();
+    let en2s: Vec<[u8; 4]> = (0..batch as u32).map(|i| i.to_le_bytes()).collect();
+    let mut hasher = BatchHasher::new();
+    let mut out = Vec::with_capacity(batch);
+    let mut nonce = 0u32;
+    let mut accepted = 0u64;
+
+    let mut share_rates = timed(runs, seconds, || {
+        let inputs: Vec<ShareInput<'_>> = en2s
+            .iter()
+            .map(|en2| {
+                nonce = nonce.wrapping_add(1);
+                ShareInput {
+                    job: &job,
+                    prefix: &prefix,
+                    en2,
+                    ntime: job.ntime,
+                    nonce,
+                    version: job.version,
+                }
+            })
+            .collect();
+        out.clear();
+        hasher.hash_all(&inputs, &mut out);
+        accepted += out.iter().filter(|c| c.meets(target)).count() as u64;
+        inputs.len() as u64
+    });
+    let mut single_rates = timed(runs, seconds, || {
+        nonce = nonce.wrapping_add(1);
+        let s = ShareInput {
+            job: &job,
+            prefix: &prefix,
+            en2: &[9, 9, 9, 9],
+            ntime: job.ntime,
+            nonce,
+            version: job.version,
+        };
+        let c = hasher.hash_one(&s);
+        accepted += u64::from(c.meets(target));
+        1
+    });
+    let mut header = [0u8; 80];
+    let mut header_b = [1u8; 80];
+    let mut sink = 0u8;
+    let mut hdr_rates = timed(runs, seconds, || {
+        for _ in 0..1024 {
+            nonce = nonce.wrapping_add(1);
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            header_b[76..80].copy_from_slice(&nonce.to_le_bytes());
+            let (a, b) = sha256d::sha256d_80_x2(&header, &header_b);
+            sink ^= a[31] ^ b[31];
+        }
+        2048
+    });
+    let mut hdr1_rates = timed(runs, seconds, || {
+        for _ in 0..1024 {
+            nonce = nonce.wrapping_add(1);
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            sink ^= sha256d::sha256d_80(&header)[31];
+        }
+        1024
+    });
+    let report = |name: &str, v: &mut [f64], unit: f64, label: &str| {
+        let (m, lo, hi) = median(v);
+        println!(
+            "{name:<44} median {:>8.3} {label}  (min {:.3}, max {:.3}, {} runs)",
+            m / unit,
+            lo / unit,
+            hi / unit,
+            v.len()
+        );
+    };
+    report(
+        "share validation, batched (2-way interleaved)",
+        &mut share_rates,
+        1e6,
+        "M shares/s",
+    );
+    report(
+        "share validation, one at a time",
+        &mut single_rates,
+        1e6,
+        "M shares/s",
+    );
+    report(
+        "header sha256d, 2-way interleaved",
+        &mut hdr_rates,
+        1e6,
+        "M headers/s",
+    );
+    report(
+        "header sha256d, single stream",
+        &mut hdr1_rates,
+        1e6,
+        "M headers/s",
+    );
+    println!("(checksum {sink} {accepted})");
+    Ok(())
+}
