@@ -29,6 +29,60 @@ pub(crate) const K: [u32; 64] = [
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ];
 
+/// `W[t] + K[t]` for all 64 rounds of a fixed block, computed at compile time.
+pub(crate) const fn prescheduled(block: &Words) -> [u32; 64] {
+    let mut w = [0u32; 64];
+    let mut t = 0;
+    while t < 64 {
+        w[t] = if t < 16 {
+            block[t]
+        } else {
+            let a = w[t - 15];
+            let b = w[t - 2];
+            let s0 = a.rotate_right(7) ^ a.rotate_right(18) ^ (a >> 3);
+            let s1 = b.rotate_right(17) ^ b.rotate_right(19) ^ (b >> 10);
+            w[t - 16].wrapping_add(s0).wrapping_add(w[t - 7]).wrapping_add(s1)
+        };
+        t += 1;
+    }
+    let mut wk = [0u32; 64];
+    let mut i = 0;
+    while i < 64 {
+        wk[i] = w[i].wrapping_add(K[i]);
+        i += 1;
+    }
+    wk
+}
+
+/// The padding block after a 64-byte message, prescheduled.
+pub(crate) const PAD64_WK: [u32; 64] =
+    prescheduled(&[0x8000_0000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 512]);
+
+/// Two `sha256d` of 64-byte messages with every compression interleaved and the state kept in
+/// registers, when SHA-NI is present. `None` means: use the generic path.
+#[inline]
+pub(crate) fn fused_sha256d_64_x2(a: &[u8; 64], b: &[u8; 64]) -> Option<([u8; 32], [u8; 32])> {
+    #[cfg(target_arch = "x86_64")]
+    if has_sha_ni() {
+        // SAFETY: the CPU supports sha, sse2, ssse3 and sse4.1 (checked by has_sha_ni).
+        return Some(unsafe { x86::sha256d_64_x2(a, b) });
+    }
+    let _ = (a, b);
+    None
+}
+
+/// Two `sha256d` of 80-byte headers, fused as [`fused_sha256d_64_x2`].
+#[inline]
+pub(crate) fn fused_sha256d_80_x2(a: &[u8; 80], b: &[u8; 80]) -> Option<([u8; 32], [u8; 32])> {
+    #[cfg(target_arch = "x86_64")]
+    if has_sha_ni() {
+        // SAFETY: the CPU supports sha, sse2, ssse3 and sse4.1 (checked by has_sha_ni).
+        return Some(unsafe { x86::sha256d_80_x2(a, b) });
+    }
+    let _ = (a, b);
+    None
+}
+
 /// Converts 64 bytes into big-endian words.
 #[inline(always)]
 pub fn words_from_bytes(b: &[u8; 64]) -> Words {
@@ -192,6 +246,129 @@ mod x86 {
             rounds4(&mut a0, &mut a1, w[i % 4], i);
         }
         store_state(state, _mm_add_epi32(a0, s0), _mm_add_epi32(a1, s1));
+    }
+
+    /// Byte-swaps each 32-bit lane (bytes <-> big-endian words).
+    #[inline(always)]
+    unsafe fn bswap_mask() -> __m128i {
+        _mm_set_epi64x(0x0c0d_0e0f_0809_0a0b, 0x0405_0607_0001_0203)
+    }
+
+    #[inline(always)]
+    unsafe fn load_be(p: *const u8) -> __m128i {
+        _mm_shuffle_epi8(_mm_loadu_si128(p.cast()), bswap_mask())
+    }
+
+    /// The IV as (ABEF, CDGH).
+    #[inline(always)]
+    unsafe fn iv() -> (__m128i, __m128i) {
+        load_state(&super::INITIAL_STATE)
+    }
+
+    /// (ABEF, CDGH) -> (ABCD, EFGH) as message words (A in lane 0).
+    #[inline(always)]
+    unsafe fn to_words(st0: __m128i, st1: __m128i) -> (__m128i, __m128i) {
+        let tmp = _mm_shuffle_epi32(st0, 0x1B); // FEBA
+        let st1 = _mm_shuffle_epi32(st1, 0xB1); // DCHG
+        let dcba = _mm_blend_epi16(tmp, st1, 0xF0);
+        let hgfe = _mm_alignr_epi8(st1, tmp, 8);
+        (dcba, hgfe)
+    }
+
+    /// One full block for two streams from registers; feeds forward.
+    #[inline(always)]
+    unsafe fn block_x2(
+        a: (__m128i, __m128i),
+        mut wa: [__m128i; 4],
+        b: (__m128i, __m128i),
+        mut wb: [__m128i; 4],
+    ) -> ((__m128i, __m128i), (__m128i, __m128i)) {
+        let (mut a0, mut a1) = a;
+        let (mut b0, mut b1) = b;
+        for i in 0..16 {
+            if i >= 4 {
+                wa[i % 4] = schedule(wa[i % 4], wa[(i + 1) % 4], wa[(i + 2) % 4], wa[(i + 3) % 4]);
+                wb[i % 4] = schedule(wb[i % 4], wb[(i + 1) % 4], wb[(i + 2) % 4], wb[(i + 3) % 4]);
+            }
+            let ma = _mm_add_epi32(wa[i % 4], k(i));
+            let mb = _mm_add_epi32(wb[i % 4], k(i));
+            a1 = _mm_sha256rnds2_epu32(a1, a0, ma);
+            b1 = _mm_sha256rnds2_epu32(b1, b0, mb);
+            let ma = _mm_shuffle_epi32(ma, 0x0E);
+            let mb = _mm_shuffle_epi32(mb, 0x0E);
+            a0 = _mm_sha256rnds2_epu32(a0, a1, ma);
+            b0 = _mm_sha256rnds2_epu32(b0, b1, mb);
+        }
+        (
+            (_mm_add_epi32(a0, a.0), _mm_add_epi32(a1, a.1)),
+            (_mm_add_epi32(b0, b.0), _mm_add_epi32(b1, b.1)),
+        )
+    }
+
+    /// A prescheduled (constant) block for two streams; feeds forward.
+    #[inline(always)]
+    unsafe fn const_block_x2(
+        a: (__m128i, __m128i),
+        b: (__m128i, __m128i),
+        wk: &[u32; 64],
+    ) -> ((__m128i, __m128i), (__m128i, __m128i)) {
+        let (mut a0, mut a1) = a;
+        let (mut b0, mut b1) = b;
+        for i in 0..16 {
+            let m = _mm_loadu_si128(wk.as_ptr().add(4 * i).cast());
+            a1 = _mm_sha256rnds2_epu32(a1, a0, m);
+            b1 = _mm_sha256rnds2_epu32(b1, b0, m);
+            let m = _mm_shuffle_epi32(m, 0x0E);
+            a0 = _mm_sha256rnds2_epu32(a0, a1, m);
+            b0 = _mm_sha256rnds2_epu32(b0, b1, m);
+        }
+        (
+            (_mm_add_epi32(a0, a.0), _mm_add_epi32(a1, a.1)),
+            (_mm_add_epi32(b0, b.0), _mm_add_epi32(b1, b.1)),
+        )
+    }
+
+    /// The outer SHA-256 of two 32-byte digests held as states, and the digests' bytes.
+    #[inline(always)]
+    unsafe fn outer_x2(a: (__m128i, __m128i), b: (__m128i, __m128i)) -> ([u8; 32], [u8; 32]) {
+        let pad0 = _mm_set_epi32(0, 0, 0, 0x8000_0000u32 as i32);
+        let pad1 = _mm_set_epi32(256, 0, 0, 0);
+        let (a_lo, a_hi) = to_words(a.0, a.1);
+        let (b_lo, b_hi) = to_words(b.0, b.1);
+        let (oa, ob) = block_x2(iv(), [a_lo, a_hi, pad0, pad1], iv(), [b_lo, b_hi, pad0, pad1]);
+        (digest(oa), digest(ob))
+    }
+
+    #[inline(always)]
+    unsafe fn digest(s: (__m128i, __m128i)) -> [u8; 32] {
+        let (lo, hi) = to_words(s.0, s.1);
+        let mut out = [0u8; 32];
+        _mm_storeu_si128(out.as_mut_ptr().cast(), _mm_shuffle_epi8(lo, bswap_mask()));
+        _mm_storeu_si128(out.as_mut_ptr().add(16).cast(), _mm_shuffle_epi8(hi, bswap_mask()));
+        out
+    }
+
+    #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+    pub(super) unsafe fn sha256d_64_x2(a: &[u8; 64], b: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let wa = [load_be(pa), load_be(pa.add(16)), load_be(pa.add(32)), load_be(pa.add(48))];
+        let wb = [load_be(pb), load_be(pb.add(16)), load_be(pb.add(32)), load_be(pb.add(48))];
+        let (sa, sb) = block_x2(iv(), wa, iv(), wb);
+        let (sa, sb) = const_block_x2(sa, sb, &super::PAD64_WK);
+        outer_x2(sa, sb)
+    }
+
+    #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+    pub(super) unsafe fn sha256d_80_x2(a: &[u8; 80], b: &[u8; 80]) -> ([u8; 32], [u8; 32]) {
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let wa = [load_be(pa), load_be(pa.add(16)), load_be(pa.add(32)), load_be(pa.add(48))];
+        let wb = [load_be(pb), load_be(pb.add(16)), load_be(pb.add(32)), load_be(pb.add(48))];
+        let (sa, sb) = block_x2(iv(), wa, iv(), wb);
+        let pad0 = _mm_set_epi32(0, 0, 0, 0x8000_0000u32 as i32);
+        let zero = _mm_setzero_si128();
+        let len = _mm_set_epi32(640, 0, 0, 0);
+        let (sa, sb) = block_x2(sa, [load_be(pa.add(64)), pad0, zero, len], sb, [load_be(pb.add(64)), pad0, zero, len]);
+        outer_x2(sa, sb)
     }
 
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]

@@ -254,6 +254,9 @@ pub fn sha256d_64(msg: &[u8; 64]) -> [u8; 32] {
 /// Two independent [`sha256d_64`]s, interleaved.
 #[inline]
 pub fn sha256d_64_x2(a: &[u8; 64], b: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
+    if let Some(r) = crate::kernel::fused_sha256d_64_x2(a, b) {
+        return r;
+    }
     let (mut sa, mut sb) = (INITIAL_STATE, INITIAL_STATE);
     compress2(&mut sa, &words_from_bytes(a), &mut sb, &words_from_bytes(b));
     compress2(&mut sa, &PAD_AFTER_64, &mut sb, &PAD_AFTER_64);
@@ -305,6 +308,9 @@ pub fn sha256d_80(h: &[u8; 80]) -> [u8; 32] {
 /// Two independent [`sha256d_80`]s, interleaved.
 #[inline]
 pub fn sha256d_80_x2(a: &[u8; 80], b: &[u8; 80]) -> ([u8; 32], [u8; 32]) {
+    if let Some(r) = crate::kernel::fused_sha256d_80_x2(a, b) {
+        return r;
+    }
     let (mut sa, mut sb) = (INITIAL_STATE, INITIAL_STATE);
     compress2(&mut sa, &header_head_block(a), &mut sb, &header_head_block(b));
     compress2(&mut sa, &header_tail_block(a), &mut sb, &header_tail_block(b));
