@@ -344,15 +344,28 @@ mod x86 {
         let (lo, hi) = to_words(s.0, s.1);
         let mut out = [0u8; 32];
         _mm_storeu_si128(out.as_mut_ptr().cast(), _mm_shuffle_epi8(lo, bswap_mask()));
-        _mm_storeu_si128(out.as_mut_ptr().add(16).cast(), _mm_shuffle_epi8(hi, bswap_mask()));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(16).cast(),
+            _mm_shuffle_epi8(hi, bswap_mask()),
+        );
         out
     }
 
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     pub(super) unsafe fn sha256d_64_x2(a: &[u8; 64], b: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let wa = [load_be(pa), load_be(pa.add(16)), load_be(pa.add(32)), load_be(pa.add(48))];
-        let wb = [load_be(pb), load_be(pb.add(16)), load_be(pb.add(32)), load_be(pb.add(48))];
+        let wa = [
+            load_be(pa),
+            load_be(pa.add(16)),
+            load_be(pa.add(32)),
+            load_be(pa.add(48)),
+        ];
+        let wb = [
+            load_be(pb),
+            load_be(pb.add(16)),
+            load_be(pb.add(32)),
+            load_be(pb.add(48)),
+        ];
         let (sa, sb) = block_x2(iv(), wa, iv(), wb);
         let (sa, sb) = const_block_x2(sa, sb, &super::PAD64_WK);
         outer_x2(sa, sb)
@@ -361,13 +374,28 @@ mod x86 {
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     pub(super) unsafe fn sha256d_80_x2(a: &[u8; 80], b: &[u8; 80]) -> ([u8; 32], [u8; 32]) {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let wa = [load_be(pa), load_be(pa.add(16)), load_be(pa.add(32)), load_be(pa.add(48))];
-        let wb = [load_be(pb), load_be(pb.add(16)), load_be(pb.add(32)), load_be(pb.add(48))];
+        let wa = [
+            load_be(pa),
+            load_be(pa.add(16)),
+            load_be(pa.add(32)),
+            load_be(pa.add(48)),
+        ];
+        let wb = [
+            load_be(pb),
+            load_be(pb.add(16)),
+            load_be(pb.add(32)),
+            load_be(pb.add(48)),
+        ];
         let (sa, sb) = block_x2(iv(), wa, iv(), wb);
         let pad0 = _mm_set_epi32(0, 0, 0, 0x8000_0000u32 as i32);
         let zero = _mm_setzero_si128();
         let len = _mm_set_epi32(640, 0, 0, 0);
-        let (sa, sb) = block_x2(sa, [load_be(pa.add(64)), pad0, zero, len], sb, [load_be(pb.add(64)), pad0, zero, len]);
+        let (sa, sb) = block_x2(
+            sa,
+            [load_be(pa.add(64)), pad0, zero, len],
+            sb,
+            [load_be(pb.add(64)), pad0, zero, len],
+        );
         outer_x2(sa, sb)
     }
 
