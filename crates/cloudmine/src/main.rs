@@ -1,6 +1,7 @@
 //! `cloudmine`: one binary, clap subcommands. `main` parses flags and dispatches; the work lives in the crates.
 
 mod bench;
+mod node;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the embedded dev chain with its Bitcoin Core JSON-RPC face.
+    Node(node::NodeArgs),
     /// Benchmarks that print figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -26,7 +29,19 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDMINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
+        Command::Node(args) => runtime()?.block_on(node::run(args)),
         Command::Bench { what } => bench::run(what),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -1,0 +1,355 @@
+//! Bitcoin Core over JSON-RPC.
+//!
+//! * `connect` checks the first node: reachable, credentials accepted, on the expected network
+//!   (`getblockchaininfo.chain`), not in initial block download; each failure is its own error.
+//! * Templates: `getblocktemplate {"rules":["segwit"]}` from the first node that answers, parsed and
+//!   checked by `core-rpc`.
+//! * Blocks: `submitblock` to every node at once; transport failures are retried with backoff
+//!   ([`SUBMIT_ATTEMPTS_MAX`] attempts per node); `null` and `duplicate` count as accepted.
+//! * New tips: `getbestblockhash` polled every [`BitcoindConfig::poll_interval`] (100 ms default); on
+//!   failure the poller backs off exponentially up to [`POLL_BACKOFF_MAX`] and recovers by itself.
+//!   ZMQ `hashblock` is not implemented yet: polling is the only detector (see the issue notes).
+//!
+//! The poller task is owned by the backend and stops when the last handle is dropped.
+
+use crate::{BlockFate, Tip};
+use bitcoin::hex::DisplayHex;
+use bitcoin::{Block, BlockHash};
+use core_rpc::error::code;
+use core_rpc::gbt::GbtResult;
+use core_rpc::{Auth, ClientError, RpcClient};
+use mining_core::BlockTemplate;
+use serde_json::{json, Value};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Attempts per node for one `submitblock` when the node cannot be reached.
+pub const SUBMIT_ATTEMPTS_MAX: u32 = 6;
+/// Longest wait between failed tip polls.
+pub const POLL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why the Core backend cannot do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// Cannot reach the node.
+    #[error("bitcoind at {url} is unreachable: {detail}")]
+    Unreachable {
+        /// Node URL.
+        url: String,
+        /// Cause.
+        detail: String,
+    },
+    /// Credentials refused.
+    #[error("bitcoind at {url} refused the credentials: check --bitcoind-auth (user:pass or the node's .cookie file)")]
+    Auth {
+        /// Node URL.
+        url: String,
+    },
+    /// The node is on another network.
+    #[error("bitcoind at {url} is on chain '{got}', but --bitcoind-chain is '{expected}'")]
+    WrongNetwork {
+        /// Node URL.
+        url: String,
+        /// Configured.
+        expected: String,
+        /// Reported.
+        got: String,
+    },
+    /// The node is still syncing.
+    #[error("bitcoind at {url} is still syncing (blocks {blocks}, headers {headers}, progress {progress:.4}); mining waits until it is done")]
+    Syncing {
+        /// Node URL.
+        url: String,
+        /// Validated blocks.
+        blocks: u64,
+        /// Known headers.
+        headers: u64,
+        /// Verification progress.
+        progress: f64,
+    },
+    /// The template is unusable.
+    #[error("bitcoind at {url} sent an unusable template: {detail}")]
+    BadTemplate {
+        /// Node URL.
+        url: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Any other RPC failure.
+    #[error(transparent)]
+    Rpc(ClientError),
+    /// Internal failure (a task could not run).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn classify(e: ClientError) -> BackendError {
+    match e {
+        ClientError::Auth { url, .. } => BackendError::Auth { url },
+        ClientError::Transport { url, detail } => BackendError::Unreachable { url, detail },
+        ClientError::Timeout {
+            url,
+            method,
+            timeout_ms,
+        } => BackendError::Unreachable {
+            url,
+            detail: format!("{method} timed out after {timeout_ms} ms"),
+        },
+        ClientError::Rpc { url, error } if error.code == code::CLIENT_IN_INITIAL_DOWNLOAD => {
+            BackendError::Syncing {
+                url,
+                blocks: 0,
+                headers: 0,
+                progress: 0.0,
+            }
+        }
+        other => BackendError::Rpc(other),
+    }
+}
+
+/// Core backend configuration.
+#[derive(Clone, Debug)]
+pub struct BitcoindConfig {
+    /// Nodes: URL and credentials. The first is primary for templates and tip polling.
+    pub nodes: Vec<(String, Auth)>,
+    /// Expected `getblockchaininfo.chain`: `main`, `test`, `testnet4`, `signet` or `regtest`.
+    pub chain: String,
+    /// Tip polling interval.
+    pub poll_interval: Duration,
+    /// Per-call timeout.
+    pub timeout: Duration,
+}
+
+impl BitcoindConfig {
+    /// One node, defaults for the rest.
+    pub fn single(url: &str, auth: Auth, chain: &str) -> BitcoindConfig {
+        BitcoindConfig {
+            nodes: vec![(url.to_string(), auth)],
+            chain: chain.to_string(),
+            poll_interval: Duration::from_millis(100),
+            timeout: core_rpc::client::RPC_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// Bitcoin Core nodes as a chain backend.
+#[derive(Clone, Debug)]
+pub struct BitcoindBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    clients: Vec<RpcClient>,
+    tip: watch::Sender<Tip>,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(h) = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+    }
+}
+
+impl BitcoindBackend {
+    /// Connects, checks the primary node, and starts the tip poller.
+    pub async fn connect(cfg: BitcoindConfig) -> Result<BitcoindBackend, BackendError> {
+        if cfg.nodes.is_empty() {
+            return Err(BackendError::Internal("no bitcoind node configured".into()));
+        }
+        let mut clients = Vec::with_capacity(cfg.nodes.len());
+        for (url, auth) in &cfg.nodes {
+            clients.push(
+                RpcClient::new(url, auth.clone())
+                    .map_err(classify)?
+                    .with_timeout(cfg.timeout),
+            );
+        }
+        let primary = clients
+            .first()
+            .ok_or_else(|| BackendError::Internal("no node".into()))?
+            .clone();
+        let info = primary
+            .call("getblockchaininfo", json!([]))
+            .await
+            .map_err(classify)?;
+        let got = info
+            .get("chain")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if got != cfg.chain {
+            return Err(BackendError::WrongNetwork {
+                url: primary.url().into(),
+                expected: cfg.chain,
+                got,
+            });
+        }
+        let blocks = info.get("blocks").and_then(Value::as_u64).unwrap_or(0);
+        let headers = info.get("headers").and_then(Value::as_u64).unwrap_or(0);
+        let ibd = info
+            .get("initialblockdownload")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if ibd || headers > blocks {
+            let progress = info
+                .get("verificationprogress")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            return Err(BackendError::Syncing {
+                url: primary.url().into(),
+                blocks,
+                headers,
+                progress,
+            });
+        }
+        let tip = fetch_tip(&primary).await.map_err(classify)?;
+        let (tx, _) = watch::channel(tip);
+        let inner = Arc::new(Inner {
+            clients,
+            tip: tx,
+            poller: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let handle = tokio::spawn(poll_tip(weak, primary, cfg.poll_interval));
+        *inner.poller.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(BitcoindBackend { inner })
+    }
+
+    /// Watches the tip.
+    pub fn tip_watch(&self) -> watch::Receiver<Tip> {
+        self.inner.tip.subscribe()
+    }
+
+    /// A template from the first node that answers.
+    pub async fn template(&self) -> Result<BlockTemplate, BackendError> {
+        let mut last = None;
+        for c in &self.inner.clients {
+            match c.call("getblocktemplate", json!([{"rules": ["segwit"]}])).await {
+                Ok(v) => {
+                    let gbt: GbtResult =
+                        serde_json::from_value(v).map_err(|e| BackendError::BadTemplate {
+                            url: c.url().into(),
+                            detail: e.to_string(),
+                        })?;
+                    return gbt.into_template().map_err(|e| BackendError::BadTemplate {
+                        url: c.url().into(),
+                        detail: e.0,
+                    });
+                }
+                Err(e) => last = Some(classify(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
+    }
+
+    /// Submits a block to every node at once.
+    pub async fn submit_block(&self, block: &Block) -> Result<BlockFate, BackendError> {
+        let hex = bitcoin::consensus::serialize(block).to_lower_hex_string();
+        let mut set = tokio::task::JoinSet::new();
+        for c in self.inner.clients.clone() {
+            let hex = hex.clone();
+            set.spawn(async move { submit_one(&c, &hex).await });
+        }
+        let mut accepted = false;
+        let mut reasons = Vec::new();
+        let mut errors = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(None)) => accepted = true,
+                Ok(Ok(Some(reason))) => reasons.push(reason),
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(BackendError::Internal(e.to_string())),
+            }
+        }
+        if accepted {
+            return Ok(BlockFate::Accepted);
+        }
+        if let Some(r) = reasons.into_iter().next() {
+            return Ok(BlockFate::Rejected(r));
+        }
+        Err(errors
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| BackendError::Internal("no node answered".into())))
+    }
+}
+
+/// `Ok(None)` accepted, `Ok(Some(reason))` rejected.
+async fn submit_one(c: &RpcClient, hex: &str) -> Result<Option<String>, BackendError> {
+    let mut wait = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match c.call("submitblock", json!([hex])).await {
+            Ok(Value::Null) => return Ok(None),
+            Ok(Value::String(s)) if s == "duplicate" => return Ok(None),
+            Ok(Value::String(s)) => return Ok(Some(s)),
+            Ok(other) => return Ok(Some(other.to_string())),
+            Err(e @ (ClientError::Transport { .. } | ClientError::Timeout { .. }))
+                if attempt < SUBMIT_ATTEMPTS_MAX =>
+            {
+                tracing::warn!(node = c.url(), attempt, error = %e, "submitblock failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(classify(e)),
+        }
+    }
+}
+
+async fn fetch_tip(c: &RpcClient) -> Result<Tip, ClientError> {
+    let hash = c.call("getbestblockhash", json!([])).await?;
+    let hash = hash
+        .as_str()
+        .and_then(|s| BlockHash::from_str(s).ok())
+        .ok_or_else(|| ClientError::BadResponse {
+            url: c.url().into(),
+            detail: "getbestblockhash is not a hash".into(),
+        })?;
+    let header = c.call("getblockheader", json!([hash.to_string(), true])).await?;
+    let height = header
+        .get("height")
+        .and_then(Value::as_u64)
+        .and_then(|h| u32::try_from(h).ok())
+        .ok_or_else(|| ClientError::BadResponse {
+            url: c.url().into(),
+            detail: "getblockheader has no height".into(),
+        })?;
+    Ok(Tip { hash, height })
+}
+
+async fn poll_tip(inner: std::sync::Weak<Inner>, c: RpcClient, every: Duration) {
+    let mut wait = every;
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else { return };
+        match fetch_tip(&c).await {
+            Ok(t) => {
+                if failing {
+                    tracing::info!(node = c.url(), "bitcoind reachable again");
+                }
+                failing = false;
+                wait = every;
+                inner.tip.send_if_modified(|cur| {
+                    let changed = *cur != t;
+                    *cur = t;
+                    changed
+                });
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(node = c.url(), error = %e, "tip poll failed; backing off");
+                }
+                failing = true;
+                wait = (wait * 2).min(POLL_BACKOFF_MAX);
+            }
+        }
+    }
+}

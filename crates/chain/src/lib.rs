@@ -1,0 +1,72 @@
+//! Where block templates come from and where found blocks go.
+//!
+//! * [`dev`]: the embedded dev chain in process ([`DevNode`]), and [`dev::DevRpc`], its Bitcoin Core
+//!   JSON-RPC face, so other pool software (and our own Core backend) can run against it.
+//! * [`bitcoind`]: [`BitcoindBackend`], Bitcoin Core over JSON-RPC: templates with the segwit rule,
+//!   `submitblock` to every configured node at once, new-tip detection by polling, reconnect with
+//!   backoff, clear errors for auth failure, wrong network and a node still syncing.
+//! * [`Backend`]: the one type the pool holds, either of the two.
+//!
+//! Both report the tip through a `tokio::sync::watch` channel so a new block reaches the pool at once.
+
+pub mod bitcoind;
+pub mod dev;
+
+pub use bitcoind::{BackendError, BitcoindBackend, BitcoindConfig};
+pub use dev::DevNode;
+
+use bitcoin::{Block, BlockHash};
+use mining_core::BlockTemplate;
+
+/// The chain tip as the pool sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tip {
+    /// Best block hash.
+    pub hash: BlockHash,
+    /// Its height.
+    pub height: u32,
+}
+
+/// What became of a submitted block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockFate {
+    /// Accepted by at least one node (or already known to it).
+    Accepted,
+    /// Rejected with Core's reason string by every node that answered.
+    Rejected(String),
+}
+
+/// A chain backend.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The embedded dev chain.
+    Dev(DevNode),
+    /// Bitcoin Core nodes.
+    Bitcoind(BitcoindBackend),
+}
+
+impl Backend {
+    /// A fresh template on the current tip.
+    pub async fn template(&self) -> Result<BlockTemplate, BackendError> {
+        match self {
+            Backend::Dev(d) => d.template().await,
+            Backend::Bitcoind(b) => b.template().await,
+        }
+    }
+
+    /// Submits a block (to every node for Bitcoin Core).
+    pub async fn submit_block(&self, block: Block) -> Result<BlockFate, BackendError> {
+        match self {
+            Backend::Dev(d) => Ok(d.submit_block(block).await),
+            Backend::Bitcoind(b) => b.submit_block(&block).await,
+        }
+    }
+
+    /// Watches the tip.
+    pub fn tip(&self) -> tokio::sync::watch::Receiver<Tip> {
+        match self {
+            Backend::Dev(d) => d.tip_watch(),
+            Backend::Bitcoind(b) => b.tip_watch(),
+        }
+    }
+}
