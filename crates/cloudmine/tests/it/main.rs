@@ -16,6 +16,14 @@ struct Node {
     url: String,
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(clippy::zombie_processes)] // the child is killed and waited for in Node's Drop, on every path
 fn start(dir: &std::path::Path) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
         .args([
@@ -139,7 +147,8 @@ async fn kill_9_during_block_submission_loses_no_acknowledged_block() {
         .as_u64()
         .unwrap();
     assert!(count as usize >= n, "height {count} < acknowledged {n}");
-    for h in acked.lock().unwrap().iter() {
+    let all: Vec<String> = acked.lock().unwrap().clone();
+    for h in &all {
         let hd = c.call("getblockheader", json!([h])).await.unwrap();
         assert!(hd["confirmations"].as_i64().unwrap() >= 1);
     }
