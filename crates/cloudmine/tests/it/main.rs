@@ -112,7 +112,8 @@ async fn kill_9_during_block_submission_loses_no_acknowledged_block() {
             .as_u64()
             .unwrap();
         // every block acknowledged in earlier rounds is still there
-        for h in acked.lock().unwrap().iter() {
+        let so_far: Vec<String> = acked.lock().unwrap().clone();
+        for h in &so_far {
             c.call("getblockheader", json!([h]))
                 .await
                 .unwrap_or_else(|e| panic!("acknowledged block {h} lost: {e}"));
