@@ -6,9 +6,10 @@
 //!   checked by `core-rpc`.
 //! * Blocks: `submitblock` to every node at once; transport failures are retried with backoff
 //!   ([`SUBMIT_ATTEMPTS_MAX`] attempts per node); `null` and `duplicate` count as accepted.
-//! * New tips: `getbestblockhash` polled every [`BitcoindConfig::poll_interval`] (100 ms default); on
-//!   failure the poller backs off exponentially up to [`POLL_BACKOFF_MAX`] and recovers by itself.
-//!   ZMQ `hashblock` is not implemented yet: polling is the only detector (see the issue notes).
+//! * New tips: with [`BitcoindConfig::zmq_hashblock`] set, each ZMQ `hashblock` message triggers a tip
+//!   fetch at once and polling drops to a safety net every [`ZMQ_SAFETY_POLL`]; without it
+//!   `getbestblockhash` is polled every [`BitcoindConfig::poll_interval`] (100 ms default). On failure
+//!   the poller backs off exponentially up to [`POLL_BACKOFF_MAX`] and recovers by itself.
 //!
 //! The poller task is owned by the backend and stops when the last handle is dropped.
 
@@ -27,6 +28,8 @@ use tokio::sync::watch;
 
 /// Attempts per node for one `submitblock` when the node cannot be reached.
 pub const SUBMIT_ATTEMPTS_MAX: u32 = 6;
+/// Tip polling interval when ZMQ notifications are configured (a safety net for dropped messages).
+pub const ZMQ_SAFETY_POLL: Duration = Duration::from_secs(5);
 /// Longest wait between failed tip polls.
 pub const POLL_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -121,6 +124,8 @@ pub struct BitcoindConfig {
     pub poll_interval: Duration,
     /// Per-call timeout.
     pub timeout: Duration,
+    /// Core's `-zmqpubhashblock` endpoint (e.g. `tcp://127.0.0.1:28332`), if configured.
+    pub zmq_hashblock: Option<String>,
 }
 
 impl BitcoindConfig {
@@ -131,6 +136,7 @@ impl BitcoindConfig {
             chain: chain.to_string(),
             poll_interval: Duration::from_millis(100),
             timeout: core_rpc::client::RPC_TIMEOUT_DEFAULT,
+            zmq_hashblock: None,
         }
     }
 }
@@ -145,12 +151,13 @@ pub struct BitcoindBackend {
 struct Inner {
     clients: Vec<RpcClient>,
     tip: watch::Sender<Tip>,
-    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tip poller and ZMQ subscriber: owned here, aborted when the last handle goes.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(h) = self.poller.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        for h in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             h.abort();
         }
     }
@@ -213,11 +220,36 @@ impl BitcoindBackend {
         let inner = Arc::new(Inner {
             clients,
             tip: tx,
-            poller: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         });
-        let weak = Arc::downgrade(&inner);
-        let handle = tokio::spawn(poll_tip(weak, primary, cfg.poll_interval));
-        *inner.poller.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        let every = if cfg.zmq_hashblock.is_some() {
+            ZMQ_SAFETY_POLL.max(cfg.poll_interval)
+        } else {
+            cfg.poll_interval
+        };
+        let mut tasks = vec![tokio::spawn(poll_tip(
+            Arc::downgrade(&inner),
+            primary.clone(),
+            every,
+        ))];
+        if let Some(endpoint) = cfg.zmq_hashblock {
+            // Each notification wakes a fetch of the tip over RPC (the message carries no height).
+            let (kick, mut kicked) = tokio::sync::mpsc::channel::<()>(1);
+            tasks.push(tokio::spawn(crate::zmq::subscribe(endpoint, move |_hash| {
+                let _ = kick.try_send(()); // a full channel already holds a pending fetch
+            })));
+            let weak = Arc::downgrade(&inner);
+            tasks.push(tokio::spawn(async move {
+                while kicked.recv().await.is_some() {
+                    let Some(inner) = weak.upgrade() else { return };
+                    match fetch_tip(&primary).await {
+                        Ok(t) => publish(&inner, t),
+                        Err(e) => tracing::warn!(error = %e, "tip fetch after ZMQ hashblock failed"),
+                    }
+                }
+            }));
+        }
+        *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         Ok(BitcoindBackend { inner })
     }
 
@@ -324,6 +356,14 @@ async fn fetch_tip(c: &RpcClient) -> Result<Tip, ClientError> {
     Ok(Tip { hash, height })
 }
 
+fn publish(inner: &Inner, t: Tip) {
+    inner.tip.send_if_modified(|cur| {
+        let changed = *cur != t;
+        *cur = t;
+        changed
+    });
+}
+
 async fn poll_tip(inner: std::sync::Weak<Inner>, c: RpcClient, every: Duration) {
     let mut wait = every;
     let mut failing = false;
@@ -337,11 +377,7 @@ async fn poll_tip(inner: std::sync::Weak<Inner>, c: RpcClient, every: Duration) 
                 }
                 failing = false;
                 wait = every;
-                inner.tip.send_if_modified(|cur| {
-                    let changed = *cur != t;
-                    *cur = t;
-                    changed
-                });
+                publish(&inner, t);
             }
             Err(e) => {
                 if !failing {

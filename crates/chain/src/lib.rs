@@ -4,13 +4,16 @@
 //!   JSON-RPC face, so other pool software (and our own Core backend) can run against it.
 //! * [`bitcoind`]: [`BitcoindBackend`], Bitcoin Core over JSON-RPC: templates with the segwit rule,
 //!   `submitblock` to every configured node at once, new-tip detection by polling, reconnect with
-//!   backoff, clear errors for auth failure, wrong network and a node still syncing.
+//!   backoff, clear errors for auth failure, wrong network and a node still syncing; new tips by ZMQ
+//!   `hashblock` when configured.
+//! * [`zmq`]: ZMQ `hashblock` subscriber and publisher (the dev chain can publish like Core).
 //! * [`Backend`]: the one type the pool holds, either of the two.
 //!
 //! Both report the tip through a `tokio::sync::watch` channel so a new block reaches the pool at once.
 
 pub mod bitcoind;
 pub mod dev;
+pub mod zmq;
 
 pub use bitcoind::{BackendError, BitcoindBackend, BitcoindConfig};
 pub use dev::DevNode;

@@ -22,6 +22,9 @@ pub struct NodeArgs {
     /// RPC credentials USER:PASS; without it a cookie file is written to DATA_DIR/.cookie, as Core does.
     #[arg(long, env = "CLOUDMINE_DEV_RPC_AUTH")]
     pub dev_rpc_auth: Option<String>,
+    /// Publish ZMQ `hashblock` notifications as Core's -zmqpubhashblock does (e.g. tcp://127.0.0.1:28332).
+    #[arg(long)]
+    pub dev_zmqpubhashblock: Option<String>,
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -68,8 +71,21 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         ),
         None => println!("JSON-RPC listening on http://{addr} (auth: --dev-rpc-auth)"),
     }
+    let zmq = match &args.dev_zmqpubhashblock {
+        Some(ep) => {
+            let (bound, task) = chain::zmq::publish(ep, node.tip_watch())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("ZMQ hashblock publisher on {bound}");
+            Some(task)
+        }
+        None => None,
+    };
     let handler: Arc<dyn server::RpcHandler> = Arc::new(DevRpc::new(node.clone()));
     server::serve(listener, handler, creds, shutdown_signal()).await?;
+    if let Some(t) = zmq {
+        t.abort();
+    }
     if let Some(p) = cookie {
         let _ = std::fs::remove_file(p);
     }

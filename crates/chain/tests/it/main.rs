@@ -539,3 +539,32 @@ async fn dev_rpc_answers_bad_input_like_core_and_carries_on() {
     let block: bitcoin::Block = bitcoin::consensus::deserialize(&raw).unwrap();
     assert_eq!(block.block_hash().to_string(), hashes[0].as_str().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_backend_follows_zmq_hashblock() {
+    let d = tempfile::tempdir().unwrap();
+    let node = dev_node(d.path());
+    let s = serve(Arc::new(DevRpc::new(node.clone()))).await;
+    let (endpoint, publisher) = chain::zmq::publish("tcp://127.0.0.1:0", node.tip_watch())
+        .await
+        .unwrap();
+    let mut cfg = BitcoindConfig::single(&url(&s), auth(), "regtest");
+    cfg.poll_interval = Duration::from_secs(60); // only ZMQ can deliver the tip within the test's deadline
+    cfg.zmq_hashblock = Some(endpoint);
+    let backend = BitcoindBackend::connect(cfg).await.unwrap();
+    let mut tips = backend.tip_watch();
+    tokio::time::sleep(Duration::from_millis(500)).await; // ZMQ subscriptions take a moment to join
+    for h in 1..=2u32 {
+        let block = mine(backend.template().await.unwrap());
+        assert_eq!(backend.submit_block(&block).await.unwrap(), BlockFate::Accepted);
+        tokio::time::timeout(Duration::from_secs(3), async {
+            while tips.borrow_and_update().height < h {
+                tips.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("ZMQ hashblock did not arrive");
+        assert_eq!(tips.borrow().hash, block.block_hash());
+    }
+    publisher.abort();
+}
