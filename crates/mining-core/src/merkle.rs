@@ -17,7 +17,7 @@ pub fn parent(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
 
 /// Folds a branch onto a leaf (the coinbase txid): the merkle root.
 pub fn fold(leaf: [u8; 32], branch: &[[u8; 32]]) -> [u8; 32] {
-    branch.iter().fold(leaf, |acc, b| parent(&acc, b))
+    sha256d::merkle_fold(leaf, branch)
 }
 
 /// The branch for leaf 0 given the other transactions' txids (internal order, block order, coinbase excluded).

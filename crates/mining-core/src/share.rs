@@ -10,7 +10,7 @@
 //! little-endian 256-bit integer, is `≤ D.to_target()`; it is a block iff it is `≤` the network target.
 
 use crate::header::build_header;
-use sha256d::{pad_tail, sha256d_64, sha256d_64_x2, sha256d_80, sha256d_80_x2, Midstate, Sha256};
+use sha256d::{pad_tail, sha256d_80, sha256d_80_x2, Midstate, Sha256};
 use units::{CompactError, Difficulty, Target};
 
 /// A job decoded once: what every share of it shares.
@@ -163,10 +163,8 @@ impl BatchHasher {
     /// Hashes one share.
     pub fn hash_one(&mut self, s: &ShareInput<'_>) -> ShareCheck {
         Self::tail(&mut self.a, s);
-        let mut root = sha256d::sha256d_from_padded(&s.prefix.mid, &self.a);
-        for b in &s.job.branch {
-            root = sha256d_64(&join(&root, b));
-        }
+        let leaf = sha256d::sha256d_from_padded(&s.prefix.mid, &self.a);
+        let root = sha256d::merkle_fold(leaf, &s.job.branch);
         let header = build_header(s.version, &s.job.prevhash, &root, s.ntime, s.job.nbits, s.nonce);
         ShareCheck {
             header,
@@ -178,19 +176,8 @@ impl BatchHasher {
     pub fn hash_pair(&mut self, x: &ShareInput<'_>, y: &ShareInput<'_>) -> (ShareCheck, ShareCheck) {
         Self::tail(&mut self.a, x);
         Self::tail(&mut self.b, y);
-        let (mut rx, mut ry) =
-            sha256d::sha256d_from_padded_x2(&x.prefix.mid, &self.a, &y.prefix.mid, &self.b);
-        let (bx, by) = (&x.job.branch, &y.job.branch);
-        let common = bx.len().min(by.len());
-        for (p, q) in bx.iter().zip(by.iter()) {
-            (rx, ry) = sha256d_64_x2(&join(&rx, p), &join(&ry, q));
-        }
-        for p in bx.iter().skip(common) {
-            rx = sha256d_64(&join(&rx, p));
-        }
-        for q in by.iter().skip(common) {
-            ry = sha256d_64(&join(&ry, q));
-        }
+        let (rx, ry) = sha256d::sha256d_from_padded_x2(&x.prefix.mid, &self.a, &y.prefix.mid, &self.b);
+        let (rx, ry) = sha256d::merkle_fold_x2(rx, &x.job.branch, ry, &y.job.branch);
         let hx = build_header(x.version, &x.job.prevhash, &rx, x.ntime, x.job.nbits, x.nonce);
         let hy = build_header(y.version, &y.job.prevhash, &ry, y.ntime, y.job.nbits, y.nonce);
         let (dx, dy) = sha256d_80_x2(&hx, &hy);
@@ -214,14 +201,6 @@ impl BatchHasher {
             out.push(self.hash_one(s));
         }
     }
-}
-
-#[inline(always)]
-fn join(a: &[u8; 32], b: &[u8; 32]) -> [u8; 64] {
-    let mut m = [0u8; 64];
-    m[..32].copy_from_slice(a);
-    m[32..].copy_from_slice(b);
-    m
 }
 
 #[cfg(test)]

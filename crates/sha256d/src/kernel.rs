@@ -83,6 +83,24 @@ pub(crate) fn fused_sha256d_80_x2(a: &[u8; 80], b: &[u8; 80]) -> Option<([u8; 32
     None
 }
 
+/// Folds two merkle branches of equal length onto two leaves, every level interleaved and the digests
+/// kept in registers. `None` means: use the generic path (no SHA-NI, or different lengths).
+#[inline]
+pub(crate) fn fused_fold_x2(
+    ra: &[u8; 32],
+    ba: &[[u8; 32]],
+    rb: &[u8; 32],
+    bb: &[[u8; 32]],
+) -> Option<([u8; 32], [u8; 32])> {
+    #[cfg(target_arch = "x86_64")]
+    if has_sha_ni() && ba.len() == bb.len() {
+        // SAFETY: the CPU supports sha, sse2, ssse3 and sse4.1 (checked by has_sha_ni).
+        return Some(unsafe { x86::fold_x2(ra, ba, rb, bb) });
+    }
+    let _ = (ra, ba, rb, bb);
+    None
+}
+
 /// Converts 64 bytes into big-endian words.
 #[inline(always)]
 pub fn words_from_bytes(b: &[u8; 64]) -> Words {
@@ -229,23 +247,16 @@ mod x86 {
 
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     pub(super) unsafe fn compress1(state: &mut State, block: &Words) {
-        let (mut a0, mut a1) = load_state(state);
-        let (s0, s1) = (a0, a1);
-        let p = block.as_ptr();
-        let mut w = [
-            _mm_loadu_si128(p.cast()),
-            _mm_loadu_si128(p.add(4).cast()),
-            _mm_loadu_si128(p.add(8).cast()),
-            _mm_loadu_si128(p.add(12).cast()),
-        ];
+        let (st0, st1) = load_state(state);
+        let (mut a0, mut a1) = (st0, st1);
+        let mut w = load_words(block);
         for i in 0..16 {
             if i >= 4 {
-                let n = schedule(w[i % 4], w[(i + 1) % 4], w[(i + 2) % 4], w[(i + 3) % 4]);
-                w[i % 4] = n;
+                w[i % 4] = schedule(w[i % 4], w[(i + 1) % 4], w[(i + 2) % 4], w[(i + 3) % 4]);
             }
             rounds4(&mut a0, &mut a1, w[i % 4], i);
         }
-        store_state(state, _mm_add_epi32(a0, s0), _mm_add_epi32(a1, s1));
+        store_state(state, _mm_add_epi32(a0, st0), _mm_add_epi32(a1, st1));
     }
 
     /// Byte-swaps each 32-bit lane (bytes <-> big-endian words).
@@ -257,6 +268,29 @@ mod x86 {
     #[inline(always)]
     unsafe fn load_be(p: *const u8) -> __m128i {
         _mm_shuffle_epi8(_mm_loadu_si128(p.cast()), bswap_mask())
+    }
+
+    /// The first 64 bytes at `p` as four vectors of big-endian words.
+    #[inline(always)]
+    unsafe fn load_block_be(p: *const u8) -> [__m128i; 4] {
+        [
+            load_be(p),
+            load_be(p.add(16)),
+            load_be(p.add(32)),
+            load_be(p.add(48)),
+        ]
+    }
+
+    /// A `[u32; 16]` block (words already in native order) as four vectors.
+    #[inline(always)]
+    unsafe fn load_words(w: &Words) -> [__m128i; 4] {
+        let p = w.as_ptr();
+        [
+            _mm_loadu_si128(p.cast()),
+            _mm_loadu_si128(p.add(4).cast()),
+            _mm_loadu_si128(p.add(8).cast()),
+            _mm_loadu_si128(p.add(12).cast()),
+        ]
     }
 
     /// The IV as (ABEF, CDGH).
@@ -351,22 +385,47 @@ mod x86 {
         out
     }
 
+    /// Stores digest words (A in lane 0) as bytes.
+    #[inline(always)]
+    unsafe fn words_to_bytes(w: (__m128i, __m128i)) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        _mm_storeu_si128(out.as_mut_ptr().cast(), _mm_shuffle_epi8(w.0, bswap_mask()));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(16).cast(),
+            _mm_shuffle_epi8(w.1, bswap_mask()),
+        );
+        out
+    }
+
+    #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+    pub(super) unsafe fn fold_x2(
+        ra: &[u8; 32],
+        ba: &[[u8; 32]],
+        rb: &[u8; 32],
+        bb: &[[u8; 32]],
+    ) -> ([u8; 32], [u8; 32]) {
+        let pad0 = _mm_set_epi32(0, 0, 0, 0x8000_0000u32 as i32);
+        let pad1 = _mm_set_epi32(256, 0, 0, 0);
+        let mut a = (load_be(ra.as_ptr()), load_be(ra.as_ptr().add(16)));
+        let mut b = (load_be(rb.as_ptr()), load_be(rb.as_ptr().add(16)));
+        for (x, y) in ba.iter().zip(bb) {
+            let wa = [a.0, a.1, load_be(x.as_ptr()), load_be(x.as_ptr().add(16))];
+            let wb = [b.0, b.1, load_be(y.as_ptr()), load_be(y.as_ptr().add(16))];
+            let (sa, sb) = block_x2(iv(), wa, iv(), wb);
+            let (sa, sb) = const_block_x2(sa, sb, &super::PAD64_WK);
+            let (a_lo, a_hi) = to_words(sa.0, sa.1);
+            let (b_lo, b_hi) = to_words(sb.0, sb.1);
+            let (oa, ob) = block_x2(iv(), [a_lo, a_hi, pad0, pad1], iv(), [b_lo, b_hi, pad0, pad1]);
+            a = to_words(oa.0, oa.1);
+            b = to_words(ob.0, ob.1);
+        }
+        (words_to_bytes(a), words_to_bytes(b))
+    }
+
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     pub(super) unsafe fn sha256d_64_x2(a: &[u8; 64], b: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let wa = [
-            load_be(pa),
-            load_be(pa.add(16)),
-            load_be(pa.add(32)),
-            load_be(pa.add(48)),
-        ];
-        let wb = [
-            load_be(pb),
-            load_be(pb.add(16)),
-            load_be(pb.add(32)),
-            load_be(pb.add(48)),
-        ];
-        let (sa, sb) = block_x2(iv(), wa, iv(), wb);
+        let (sa, sb) = block_x2(iv(), load_block_be(pa), iv(), load_block_be(pb));
         let (sa, sb) = const_block_x2(sa, sb, &super::PAD64_WK);
         outer_x2(sa, sb)
     }
@@ -374,19 +433,7 @@ mod x86 {
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     pub(super) unsafe fn sha256d_80_x2(a: &[u8; 80], b: &[u8; 80]) -> ([u8; 32], [u8; 32]) {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let wa = [
-            load_be(pa),
-            load_be(pa.add(16)),
-            load_be(pa.add(32)),
-            load_be(pa.add(48)),
-        ];
-        let wb = [
-            load_be(pb),
-            load_be(pb.add(16)),
-            load_be(pb.add(32)),
-            load_be(pb.add(48)),
-        ];
-        let (sa, sb) = block_x2(iv(), wa, iv(), wb);
+        let (sa, sb) = block_x2(iv(), load_block_be(pa), iv(), load_block_be(pb));
         let pad0 = _mm_set_epi32(0, 0, 0, 0x8000_0000u32 as i32);
         let zero = _mm_setzero_si128();
         let len = _mm_set_epi32(640, 0, 0, 0);
@@ -401,38 +448,9 @@ mod x86 {
 
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
     pub(super) unsafe fn compress2(sa: &mut State, ba: &Words, sb: &mut State, bb: &Words) {
-        let (mut a0, mut a1) = load_state(sa);
-        let (mut b0, mut b1) = load_state(sb);
-        let (sa0, sa1, sb0, sb1) = (a0, a1, b0, b1);
-        let (pa, pb) = (ba.as_ptr(), bb.as_ptr());
-        let mut wa = [
-            _mm_loadu_si128(pa.cast()),
-            _mm_loadu_si128(pa.add(4).cast()),
-            _mm_loadu_si128(pa.add(8).cast()),
-            _mm_loadu_si128(pa.add(12).cast()),
-        ];
-        let mut wb = [
-            _mm_loadu_si128(pb.cast()),
-            _mm_loadu_si128(pb.add(4).cast()),
-            _mm_loadu_si128(pb.add(8).cast()),
-            _mm_loadu_si128(pb.add(12).cast()),
-        ];
-        for i in 0..16 {
-            if i >= 4 {
-                wa[i % 4] = schedule(wa[i % 4], wa[(i + 1) % 4], wa[(i + 2) % 4], wa[(i + 3) % 4]);
-                wb[i % 4] = schedule(wb[i % 4], wb[(i + 1) % 4], wb[(i + 2) % 4], wb[(i + 3) % 4]);
-            }
-            let ma = _mm_add_epi32(wa[i % 4], k(i));
-            let mb = _mm_add_epi32(wb[i % 4], k(i));
-            a1 = _mm_sha256rnds2_epu32(a1, a0, ma);
-            b1 = _mm_sha256rnds2_epu32(b1, b0, mb);
-            let ma = _mm_shuffle_epi32(ma, 0x0E);
-            let mb = _mm_shuffle_epi32(mb, 0x0E);
-            a0 = _mm_sha256rnds2_epu32(a0, a1, ma);
-            b0 = _mm_sha256rnds2_epu32(b0, b1, mb);
-        }
-        store_state(sa, _mm_add_epi32(a0, sa0), _mm_add_epi32(a1, sa1));
-        store_state(sb, _mm_add_epi32(b0, sb0), _mm_add_epi32(b1, sb1));
+        let (a, b) = block_x2(load_state(sa), load_words(ba), load_state(sb), load_words(bb));
+        store_state(sa, a.0, a.1);
+        store_state(sb, b.0, b.1);
     }
 }
 

@@ -242,6 +242,38 @@ pub fn sha256d_from_padded_x2(ma: &Midstate, a: &[u8], mb: &Midstate, b: &[u8]) 
     (state_to_digest(&oa), state_to_digest(&ob))
 }
 
+/// Folds a merkle branch onto a leaf: `root = sha256d(root ‖ b)` for each `b`.
+pub fn merkle_fold(leaf: [u8; 32], branch: &[[u8; 32]]) -> [u8; 32] {
+    branch.iter().fold(leaf, |acc, b| {
+        let mut m = [0u8; 64];
+        m[..32].copy_from_slice(&acc);
+        m[32..].copy_from_slice(b);
+        sha256d_64(&m)
+    })
+}
+
+/// Two [`merkle_fold`]s, interleaved level by level (fully in registers on SHA-NI when the branches have
+/// the same length, which they do for shares of one job).
+pub fn merkle_fold_x2(ra: [u8; 32], ba: &[[u8; 32]], rb: [u8; 32], bb: &[[u8; 32]]) -> ([u8; 32], [u8; 32]) {
+    if let Some(r) = crate::kernel::fused_fold_x2(&ra, ba, &rb, bb) {
+        return r;
+    }
+    let (mut x, mut y) = (ra, rb);
+    let common = ba.len().min(bb.len());
+    for (p, q) in ba.iter().zip(bb) {
+        let (mut mx, mut my) = ([0u8; 64], [0u8; 64]);
+        mx[..32].copy_from_slice(&x);
+        mx[32..].copy_from_slice(p);
+        my[..32].copy_from_slice(&y);
+        my[32..].copy_from_slice(q);
+        (x, y) = sha256d_64_x2(&mx, &my);
+    }
+    (
+        merkle_fold(x, ba.get(common..).unwrap_or(&[])),
+        merkle_fold(y, bb.get(common..).unwrap_or(&[])),
+    )
+}
+
 /// Double SHA-256 of exactly 64 bytes: a merkle node `dSHA256(left ‖ right)`. Three compressions.
 #[inline]
 pub fn sha256d_64(msg: &[u8; 64]) -> [u8; 32] {
@@ -380,6 +412,25 @@ mod tests {
             let (x, y) = sha256d_80_x2(&h1, &h2);
             prop_assert_eq!(x, sha256d(&h1));
             prop_assert_eq!(y, sha256d(&h2));
+        }
+
+        #[test]
+        fn merkle_folds_agree(ra in any::<[u8; 32]>(), rb in any::<[u8; 32]>(),
+                              ba in proptest::collection::vec(any::<[u8; 32]>(), 0..14),
+                              bb in proptest::collection::vec(any::<[u8; 32]>(), 0..14)) {
+            let plain = |mut r: [u8; 32], br: &[[u8; 32]]| {
+                for b in br {
+                    let mut m = r.to_vec();
+                    m.extend_from_slice(b);
+                    r = sha256d(&m);
+                }
+                r
+            };
+            prop_assert_eq!(merkle_fold(ra, &ba), plain(ra, &ba));
+            prop_assert_eq!(merkle_fold_x2(ra, &ba, rb, &bb), (plain(ra, &ba), plain(rb, &bb)));
+            // equal lengths take the fused path
+            let n = ba.len().min(bb.len());
+            prop_assert_eq!(merkle_fold_x2(ra, &ba[..n], rb, &bb[..n]), (plain(ra, &ba[..n]), plain(rb, &bb[..n])));
         }
 
         #[test]

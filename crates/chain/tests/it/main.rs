@@ -294,48 +294,25 @@ async fn core_backend_parses_a_mainnet_shaped_template() {
     // every inconsistency is refused with the field named
     let mut bad = gbt.clone();
     bad["transactions"][17]["txid"] = json!("00".repeat(32));
-    let e = serve(recorded(Ok(bad), mainnet_info(false, 900000, 900000))).await;
-    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&e), auth(), "main"))
-        .await
-        .unwrap();
-    let err = b.template().await.unwrap_err().to_string();
-    assert!(err.contains("transactions[17].txid"), "{err}");
+    assert!(template_error(bad).await.contains("transactions[17].txid"));
     let mut bad = gbt.clone();
     bad["target"] = json!("00".repeat(32));
-    let e = serve(recorded(Ok(bad), mainnet_info(false, 900000, 900000))).await;
-    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&e), auth(), "main"))
-        .await
-        .unwrap();
-    assert!(b
-        .template()
-        .await
-        .unwrap_err()
-        .to_string()
-        .contains("does not match bits"));
+    assert!(template_error(bad).await.contains("does not match bits"));
     let mut bad = gbt.clone();
     bad["rules"] = json!(["!segwit", "!futurerule"]);
-    let e = serve(recorded(Ok(bad), mainnet_info(false, 900000, 900000))).await;
-    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&e), auth(), "main"))
-        .await
-        .unwrap();
-    assert!(b
-        .template()
-        .await
-        .unwrap_err()
-        .to_string()
-        .contains("!futurerule"));
+    assert!(template_error(bad).await.contains("!futurerule"));
     let mut bad = gbt;
     bad["transactions"].as_array_mut().unwrap().swap(1, 2);
-    let e = serve(recorded(Ok(bad), mainnet_info(false, 900000, 900000))).await;
-    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&e), auth(), "main"))
+    assert!(template_error(bad).await.contains("default_witness_commitment"));
+}
+
+/// Serves `gbt` as a recorded mainnet node and returns the backend's error for it.
+async fn template_error(gbt: Value) -> String {
+    let s = serve(recorded(Ok(gbt), mainnet_info(false, 900000, 900000))).await;
+    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&s), auth(), "main"))
         .await
         .unwrap();
-    assert!(b
-        .template()
-        .await
-        .unwrap_err()
-        .to_string()
-        .contains("default_witness_commitment"));
+    b.template().await.unwrap_err().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
