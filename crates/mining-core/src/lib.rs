@@ -14,7 +14,9 @@ pub mod header;
 pub mod merkle;
 pub mod share;
 pub mod template;
+pub mod vardiff;
 
 pub use header::{build_header, prevhash_from_stratum, prevhash_to_stratum, roll_version, VersionBitsError};
 pub use share::{BatchHasher, CoinbasePrefix, PreparedJob, ShareCheck, ShareInput};
 pub use template::{BlockTemplate, TemplateTx};
+pub use vardiff::{Vardiff, VardiffConfig};
