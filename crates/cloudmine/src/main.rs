@@ -2,6 +2,7 @@
 
 mod bench;
 mod node;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the whole platform: chain backend (embedded dev chain by default) and the Stratum pool.
+    Serve(serve::ServeArgs),
     /// Run the embedded dev chain with its Bitcoin Core JSON-RPC face.
     Node(node::NodeArgs),
     /// Benchmarks that print figures (see BENCHMARKS.md).
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Serve(args) => runtime()?.block_on(serve::run(args)),
         Command::Node(args) => runtime()?.block_on(node::run(args)),
         Command::Bench { what } => bench::run(what),
     }

@@ -1,0 +1,239 @@
+//! `cloudmine serve`: the whole platform on one machine: chain backend, Stratum pool, share log.
+
+use anyhow::Context as _;
+use bitcoin::Network;
+use chain::dev::{DevNode, DevRpc};
+use chain::{Backend, BitcoindBackend, BitcoindConfig};
+use core_rpc::server::{self, Credentials};
+use pool::{PayoutScheme, Pool, PoolConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which chain backend.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainKind {
+    /// The embedded dev chain.
+    Dev,
+    /// Bitcoin Core over JSON-RPC.
+    Bitcoind,
+}
+
+/// Payout scheme.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// The block pays the finder.
+    Solo,
+    /// The block pays --pool-address (share accounting comes with the ledger).
+    Pool,
+}
+
+/// Flags of `cloudmine serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory (dev chain files, pool.sqlite).
+    #[arg(long, default_value = "./cloudmine-data", env = "CLOUDMINE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Stratum listen address.
+    #[arg(long, default_value = "127.0.0.1:3333")]
+    pub stratum_listen: SocketAddr,
+    /// Chain backend.
+    #[arg(long, value_enum, default_value_t = ChainKind::Dev)]
+    pub chain: ChainKind,
+    /// Dev chain: target seconds between blocks.
+    #[arg(long, default_value_t = 30)]
+    pub dev_block_interval: u32,
+    /// Dev chain: also serve its Core-compatible JSON-RPC here (off unless given).
+    #[arg(long)]
+    pub dev_rpc_listen: Option<SocketAddr>,
+    /// Dev chain RPC credentials USER:PASS (default: cookie file DATA_DIR/.cookie).
+    #[arg(long, env = "CLOUDMINE_DEV_RPC_AUTH")]
+    pub dev_rpc_auth: Option<String>,
+    /// Bitcoin Core RPC URL(s); a found block goes to every one.
+    #[arg(long)]
+    pub bitcoind_url: Vec<String>,
+    /// Bitcoin Core credentials: USER:PASS or a cookie file path.
+    #[arg(long, env = "CLOUDMINE_BITCOIND_AUTH")]
+    pub bitcoind_auth: Option<String>,
+    /// Bitcoin Core's chain: main, test, testnet4, signet or regtest.
+    #[arg(long, default_value = "main")]
+    pub bitcoind_chain: String,
+    /// Bitcoin Core's -zmqpubhashblock endpoint.
+    #[arg(long)]
+    pub bitcoind_zmq_hashblock: Option<String>,
+    /// Payout scheme.
+    #[arg(long, value_enum, default_value_t = Scheme::Solo)]
+    pub payout_scheme: Scheme,
+    /// The pool's payout address (required with --payout-scheme pool).
+    #[arg(long)]
+    pub pool_address: Option<String>,
+    /// Starting share difficulty (vardiff moves it toward ~18 shares/min).
+    #[arg(long, default_value_t = 1.0)]
+    pub start_difficulty: f64,
+    /// Lowest share difficulty vardiff may assign (fractions allowed, e.g. 0.001 for CPU miners).
+    #[arg(long, default_value_t = 0.001)]
+    pub min_difficulty: f64,
+    /// Seconds between status lines (0: none).
+    #[arg(long, default_value_t = 5)]
+    pub status_interval: u64,
+}
+
+fn network_of(chain: &str) -> anyhow::Result<Network> {
+    Ok(match chain {
+        "main" => Network::Bitcoin,
+        "test" => Network::Testnet,
+        "signet" => Network::Signet,
+        "regtest" => Network::Regtest,
+        other => anyhow::bail!("unsupported --bitcoind-chain '{other}' (main, test, signet, regtest)"),
+    })
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let mut rpc_task = None;
+    let (backend, network) = match args.chain {
+        ChainKind::Dev => {
+            let dir = args.data_dir.clone();
+            let interval = args.dev_block_interval;
+            let chain =
+                tokio::task::spawn_blocking(move || devchain::DevChain::open(&dir, interval)).await??;
+            let node = DevNode::new(chain);
+            if let Some(listen) = args.dev_rpc_listen {
+                let creds = match &args.dev_rpc_auth {
+                    Some(p) => Credentials::new(vec![p.clone()]),
+                    None => {
+                        let secret: [u8; 32] = bitcoin::secp256k1::rand::random();
+                        let pair = format!(
+                            "__cookie__:{}",
+                            secret.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        );
+                        std::fs::write(args.data_dir.join(".cookie"), &pair)?;
+                        Credentials::new(vec![pair])
+                    }
+                };
+                let l = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                println!("dev chain JSON-RPC on http://{}", l.local_addr()?);
+                let handler: Arc<dyn server::RpcHandler> = Arc::new(DevRpc::new(node.clone()));
+                rpc_task = Some(tokio::spawn(server::serve(
+                    l,
+                    handler,
+                    creds,
+                    std::future::pending(),
+                )));
+            }
+            (Backend::Dev(node), Network::Regtest)
+        }
+        ChainKind::Bitcoind => {
+            anyhow::ensure!(
+                !args.bitcoind_url.is_empty(),
+                "--chain bitcoind needs --bitcoind-url"
+            );
+            let auth = core_rpc::Auth::parse(args.bitcoind_auth.as_deref().unwrap_or(""));
+            let mut cfg = BitcoindConfig::single(&args.bitcoind_url[0], auth.clone(), &args.bitcoind_chain);
+            for u in args.bitcoind_url.iter().skip(1) {
+                cfg.nodes.push((u.clone(), auth.clone()));
+            }
+            cfg.zmq_hashblock = args.bitcoind_zmq_hashblock.clone();
+            let backend = loop {
+                match BitcoindBackend::connect(cfg.clone()).await {
+                    Ok(b) => break b,
+                    Err(e @ chain::BackendError::Syncing { .. }) => {
+                        eprintln!("{e}; retrying in 10 s");
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            (Backend::Bitcoind(backend), network_of(&args.bitcoind_chain)?)
+        }
+    };
+    let payout = match args.payout_scheme {
+        Scheme::Solo => PayoutScheme::Solo,
+        Scheme::Pool => {
+            let a = args
+                .pool_address
+                .as_deref()
+                .context("--payout-scheme pool needs --pool-address")?;
+            let addr = bitcoin::Address::from_str(a)
+                .with_context(|| format!("--pool-address '{a}'"))?
+                .require_network(network)
+                .with_context(|| format!("--pool-address '{a}' is not an address for {network}"))?;
+            PayoutScheme::Pool(addr.script_pubkey())
+        }
+    };
+    let mut cfg = PoolConfig::new(network, payout);
+    cfg.initial_difficulty =
+        units::Difficulty::from_f64(args.start_difficulty).context("--start-difficulty")?;
+    cfg.vardiff.min = units::Difficulty::from_f64(args.min_difficulty).context("--min-difficulty")?;
+    let db = args.data_dir.join("pool.sqlite");
+    let (log, writer) = pool::share_log::ShareLog::open(&db).await?;
+    let pool = Pool::start(cfg, backend.clone(), log, args.stratum_listen)
+        .await
+        .with_context(|| format!("binding the Stratum listener on {}", args.stratum_listen))?;
+    println!(
+        "cloudmine pool: stratum+tcp://{} (user = your {} address[.worker], any password; data {})",
+        pool.local_addr(),
+        if network == Network::Regtest {
+            "bcrt1…"
+        } else {
+            "payout"
+        },
+        args.data_dir.display()
+    );
+    println!(
+        "  try: cloudmine mine -o stratum+tcp://{} -u <address>.cpu   (the miner arrives with issue 4)",
+        pool.local_addr()
+    );
+    let status = if args.status_interval > 0 {
+        let stats = pool.stats();
+        let tip = backend.tip();
+        let every = Duration::from_secs(args.status_interval);
+        Some(tokio::spawn(async move {
+            let (mut last_acc, mut last_work, mut last_t) = (0u64, 0u64, Instant::now());
+            loop {
+                tokio::time::sleep(every).await;
+                let acc = stats.accepted.load(Ordering::Relaxed);
+                let work = stats.accepted_work.load(Ordering::Relaxed);
+                let dt = last_t.elapsed().as_secs_f64().max(1e-3);
+                let n = acc.saturating_sub(last_acc);
+                let hashrate =
+                    units::Hashrate::from_hps(work.saturating_sub(last_work) as f64 * 65_536.0 / dt);
+                let pm = if n > 0 { 196.0 / (n as f64).sqrt() } else { 0.0 }; // 95 % ≈ ±1.96/√N
+                let t = *tip.borrow();
+                println!(
+                    "miners {} | hashrate {} ±{:.0}% | shares {:.1}/s (rejected {}) | height {} | blocks found {}",
+                    stats.connections.load(Ordering::Relaxed),
+                    hashrate,
+                    pm,
+                    n as f64 / dt,
+                    stats.rejected.load(Ordering::Relaxed),
+                    t.height,
+                    stats.blocks.load(Ordering::Relaxed)
+                );
+                (last_acc, last_work, last_t) = (acc, work, Instant::now());
+            }
+        }))
+    } else {
+        None
+    };
+    crate::node::shutdown_signal().await;
+    println!("shutting down: closing connections, draining the share log");
+    pool.shutdown().await;
+    if let Some(s) = status {
+        s.abort();
+    }
+    if let Some(r) = rpc_task {
+        r.abort();
+    }
+    drop(backend);
+    let _ = writer.await;
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Pool configuration and its limits. Every limit is named here, configurable, and tested.
+
+use bitcoin::{Network, ScriptBuf};
+use mining_core::VardiffConfig;
+use std::time::Duration;
+use units::Difficulty;
+
+/// Bytes of extranonce1 per connection (stratum-v1.md §3.2).
+pub const EXTRANONCE1_BYTES: usize = 4;
+/// Bytes of extranonce2 the miner rolls.
+pub const EXTRANONCE2_BYTES: usize = 4;
+/// The BIP310/BIP320 version-rolling mask offered.
+pub const VERSION_MASK: u32 = 0x1fff_e000;
+/// How far ntime may run ahead of the wall clock (Core's 2-hour limit).
+pub const NTIME_FUTURE_S: u32 = 7_200;
+
+/// Who the coinbase pays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PayoutScheme {
+    /// The finder's address gets the whole block.
+    Solo,
+    /// The pool's address gets the block (PPLNS/PPS accounting comes with the ledger).
+    Pool(ScriptBuf),
+}
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Network of payout addresses (`bcrt1…` on the dev chain).
+    pub network: Network,
+    /// Payout scheme.
+    pub payout: PayoutScheme,
+    /// Tag in the coinbase scriptSig.
+    pub coinbase_tag: Vec<u8>,
+    /// Longest request line; longer closes the connection.
+    pub line_bytes_max: usize,
+    /// Subscribe and authorize must both happen within this long of accept.
+    pub handshake_deadline: Duration,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections in total (a permit is taken before accept).
+    pub connections_max: usize,
+    /// Open connections per IP address.
+    pub connections_per_ip_max: usize,
+    /// Invalid shares (malformed, stale excluded) tolerated in a row before the IP is banned.
+    pub invalid_shares_before_ban: u32,
+    /// How long a ban lasts.
+    pub ban_duration: Duration,
+    /// Jobs kept per connection (older ones are stale).
+    pub jobs_kept: usize,
+    /// A new template on the same tip at least this often (clean_jobs = false).
+    pub job_refresh_interval: Duration,
+    /// Starting difficulty.
+    pub initial_difficulty: Difficulty,
+    /// Vardiff settings (floor and ceiling included).
+    pub vardiff: VardiffConfig,
+}
+
+impl PoolConfig {
+    /// Defaults for a network and payout scheme.
+    pub fn new(network: Network, payout: PayoutScheme) -> PoolConfig {
+        PoolConfig {
+            network,
+            payout,
+            coinbase_tag: b"/cloudmine/".to_vec(),
+            line_bytes_max: stratum::framing::MINER_LINE_BYTES_MAX,
+            handshake_deadline: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            connections_max: 20_000,
+            connections_per_ip_max: 20_000,
+            invalid_shares_before_ban: 100,
+            ban_duration: Duration::from_secs(600),
+            jobs_kept: 16,
+            job_refresh_interval: Duration::from_secs(30),
+            initial_difficulty: Difficulty::from_int(1),
+            vardiff: VardiffConfig::default(),
+        }
+    }
+}

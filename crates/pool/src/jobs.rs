@@ -1,0 +1,142 @@
+//! Jobs from block templates.
+//!
+//! A [`Job`] is one template: branch, prevhash, version, nbits, ntime. Its coinbase depends on who it
+//! pays, so each payout script gets its own [`JobCoinbase`] (coinb1/coinb2, the prepared job and the
+//! ready `mining.notify`), built on first use and shared by every connection paying that script.
+//! The job's version never has a bit inside the rolling mask set (stratum-v1.md §5), and its ntime is
+//! never ahead of the wall clock when the chain allows it.
+
+use crate::config::{EXTRANONCE1_BYTES, EXTRANONCE2_BYTES, VERSION_MASK};
+use bitcoin::hashes::Hash;
+use bitcoin::{BlockHash, ScriptBuf, TxOut};
+use mining_core::coinbase::{self, CoinbaseError, CoinbaseSpec};
+use mining_core::{BlockTemplate, PreparedJob};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use stratum::Notify;
+
+/// Most distinct payout scripts one job builds coinbases for (SOLO: one per miner address).
+pub const COINBASES_PER_JOB_MAX: usize = 100_000;
+
+/// A coinbase variant of a job.
+#[derive(Debug)]
+pub struct JobCoinbase {
+    /// The job decoded for hashing.
+    pub prepared: PreparedJob,
+    /// `mining.notify` params, job id to be set per connection.
+    pub notify: Notify,
+}
+
+/// One template turned into work.
+#[derive(Debug)]
+pub struct Job {
+    /// Global job number.
+    pub id: u64,
+    /// The template.
+    pub template: Arc<BlockTemplate>,
+    /// First job on a new prevhash.
+    pub clean: bool,
+    /// Job version (mask bits cleared).
+    pub version: u32,
+    /// ntime sent to miners.
+    pub ntime: u32,
+    branch: Vec<[u8; 32]>,
+    tag: Vec<u8>,
+    coinbases: Mutex<HashMap<ScriptBuf, Arc<JobCoinbase>>>,
+}
+
+impl Job {
+    /// A job from a template at wall-clock time `now`.
+    pub fn new(id: u64, template: Arc<BlockTemplate>, clean: bool, tag: Vec<u8>, now: u32) -> Job {
+        let version = template.version & !VERSION_MASK;
+        // Never ahead of the wall clock, never before mintime (the chain decides which wins).
+        let ntime = template.cur_time.min(now).max(template.min_time);
+        Job {
+            id,
+            branch: template.merkle_branch(),
+            template,
+            clean,
+            version,
+            ntime,
+            tag,
+            coinbases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The previous block.
+    pub fn prev_hash(&self) -> BlockHash {
+        self.template.prev_hash
+    }
+
+    /// The coinbase variant paying `script` (the whole coinbase value).
+    pub fn coinbase_for(&self, script: &ScriptBuf) -> Result<Arc<JobCoinbase>, CoinbaseError> {
+        let mut map = self.coinbases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(script) {
+            return Ok(c.clone());
+        }
+        let t = &self.template;
+        let split = coinbase::split(&CoinbaseSpec {
+            height: t.height,
+            aux: &t.coinbase_aux,
+            tag: &self.tag,
+            extranonce_len: EXTRANONCE1_BYTES + EXTRANONCE2_BYTES,
+            outputs: vec![TxOut {
+                value: t.coinbase_value.to_amount(),
+                script_pubkey: script.clone(),
+            }],
+            coinbase_value: t.coinbase_value,
+            witness_commitment: t.default_witness_commitment.clone(),
+        })?;
+        let prev = t.prev_hash.to_byte_array();
+        let prepared = PreparedJob::new(
+            split.coinb1.clone(),
+            split.coinb2.clone(),
+            self.branch.clone(),
+            self.version,
+            prev,
+            t.bits,
+            self.ntime,
+        )
+        .map_err(|_| CoinbaseError::NoOutputs)?;
+        let notify = Notify {
+            job_id: String::new(),
+            prevhash: mining_core::prevhash_to_stratum(&prev),
+            coinb1: split.coinb1,
+            coinb2: split.coinb2,
+            merkle_branch: self.branch.clone(),
+            version: self.version,
+            nbits: t.bits,
+            ntime: self.ntime,
+            clean_jobs: self.clean,
+        };
+        let c = Arc::new(JobCoinbase { prepared, notify });
+        if map.len() >= COINBASES_PER_JOB_MAX {
+            map.clear(); // bounded: rebuilt on demand (a cost, never a wrong answer)
+        }
+        map.insert(script.clone(), c.clone());
+        Ok(c)
+    }
+}
+
+/// The jobs miners may currently work on: newest last, all on the same prevhash.
+#[derive(Debug, Default)]
+pub struct JobSet {
+    /// Jobs, oldest first.
+    pub jobs: Vec<Arc<Job>>,
+}
+
+impl JobSet {
+    /// The newest job.
+    pub fn newest(&self) -> Option<&Arc<Job>> {
+        self.jobs.last()
+    }
+
+    /// Adds a job; a clean job (new prevhash) replaces all others. Keeps at most `keep`.
+    pub fn with(&self, job: Arc<Job>, keep: usize) -> JobSet {
+        let mut jobs: Vec<Arc<Job>> = if job.clean { Vec::new() } else { self.jobs.clone() };
+        jobs.push(job);
+        let excess = jobs.len().saturating_sub(keep.max(1));
+        jobs.drain(..excess);
+        JobSet { jobs }
+    }
+}

@@ -1,0 +1,21 @@
+//! The Stratum V1 pool server.
+//!
+//! * [`config`]: every limit, named, with its default and reason.
+//! * [`jobs`]: block templates become jobs; one coinbase per payout script (SOLO pays the finder, pool
+//!   mode pays `--pool-address`), built lazily and shared by every connection paying the same script.
+//! * [`share_log`]: the durable log of accepted shares and found blocks (SQLite, WAL, group commit). A
+//!   share is answered `true` only after its row is committed.
+//! * [`session`]: one connection's protocol state and the share validation order of stratum-v1.md §9.
+//! * [`server`]: the TCP edge: accept with connection caps, per-connection tasks, deadlines, job
+//!   broadcast, graceful shutdown.
+//!
+//! [`Pool::run`] ties them together with a template refresher that follows the chain backend's tip.
+
+pub mod config;
+pub mod jobs;
+pub mod server;
+pub mod session;
+pub mod share_log;
+
+pub use config::{PayoutScheme, PoolConfig};
+pub use server::{Pool, PoolStats};

@@ -1,0 +1,360 @@
+//! The TCP edge of the pool.
+//!
+//! * Accept: a permit from a semaphore of [`PoolConfig::connections_max`] is taken *before* accepting;
+//!   a per-IP count ([`PoolConfig::connections_per_ip_max`]) and a ban list are checked right after,
+//!   and the connection is closed at once if either says no.
+//! * Per connection: one task owns the socket and its [`Session`]; it reads into a bounded
+//!   [`LineBuffer`], handles every complete line in order, writes replies in order, and sends new work
+//!   when the job set changes (a `watch` channel: no per-connection queue to overflow). Deadlines: the
+//!   handshake ([`PoolConfig::handshake_deadline`]) and idleness ([`PoolConfig::idle_timeout`]).
+//! * Templates: one task follows the backend's tip (new prevhash → `clean_jobs`) and refreshes on the
+//!   same tip every [`PoolConfig::job_refresh_interval`].
+//! * Shutdown: a cancellation token stops accepting, ends every connection task after its current
+//!   request, and the task tracker waits for them.
+
+use crate::config::PoolConfig;
+use crate::jobs::{Job, JobSet};
+use crate::session::Session;
+use crate::share_log::ShareLog;
+use chain::Backend;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stratum::framing::LineBuffer;
+use stratum::{ClientRequest, Incoming};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Bytes read from a socket at once; also bounds how many pipelined requests wait unprocessed.
+pub const READ_CHUNK_BYTES: usize = 4096;
+/// How often connections run their vardiff check.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counters for status lines, metrics and tests.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Accepted shares.
+    pub accepted: AtomicU64,
+    /// Rejected shares and malformed requests.
+    pub rejected: AtomicU64,
+    /// Accepted work in units of 2^16 hashes (difficulty fixed-point >> 16).
+    pub accepted_work: AtomicU64,
+    /// Blocks accepted by the chain.
+    pub blocks: AtomicU64,
+    /// Connections refused (caps, bans).
+    pub refused: AtomicU64,
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    /// Settings.
+    pub cfg: PoolConfig,
+    /// Current jobs.
+    pub jobs: watch::Receiver<Arc<JobSet>>,
+    /// The share log.
+    pub log: ShareLog,
+    /// The chain backend.
+    pub backend: Backend,
+    /// Counters.
+    pub stats: Arc<PoolStats>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    bans: Mutex<HashMap<IpAddr, Instant>>,
+    next_en1: AtomicU32,
+}
+
+/// A running pool.
+pub struct Pool {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Pool {
+    /// Binds, loads the first template, and starts accepting.
+    pub async fn start(
+        cfg: PoolConfig,
+        backend: Backend,
+        log: ShareLog,
+        listen: SocketAddr,
+    ) -> std::io::Result<Pool> {
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        let (jobs_tx, jobs_rx) = watch::channel(Arc::new(JobSet::default()));
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let shared = Arc::new(Shared {
+            cfg,
+            jobs: jobs_rx,
+            log,
+            backend,
+            stats: Arc::new(PoolStats::default()),
+            per_ip: Mutex::new(HashMap::new()),
+            bans: Mutex::new(HashMap::new()),
+            // Start from a random point so restarts do not reuse extranonce1 values.
+            next_en1: AtomicU32::new(rand_u32()),
+        });
+        refresh_once(&shared, &jobs_tx, true).await;
+        tracker.spawn(templates(shared.clone(), jobs_tx, token.clone()));
+        tracker.spawn(accept_loop(
+            shared.clone(),
+            listener,
+            token.clone(),
+            tracker.clone(),
+        ));
+        Ok(Pool {
+            shared,
+            local_addr,
+            token,
+            tracker,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<PoolStats> {
+        self.shared.stats.clone()
+    }
+
+    /// The share log.
+    pub fn log(&self) -> &ShareLog {
+        &self.shared.log
+    }
+
+    /// The current job set.
+    pub fn jobs(&self) -> Arc<JobSet> {
+        self.shared.jobs.borrow().clone()
+    }
+
+    /// Stops accepting, lets every connection finish its current request, and waits for all tasks.
+    pub async fn shutdown(self) {
+        self.token.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (t as u32) ^ ((t >> 32) as u32).rotate_left(13) ^ std::process::id()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: bool) {
+    match shared.backend.template().await {
+        Ok(t) => {
+            let cur = tx.borrow().clone();
+            let clean = clean || cur.newest().is_none_or(|j| j.prev_hash() != t.prev_hash);
+            let now = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
+            let job = Arc::new(Job::new(
+                NEXT_JOB.fetch_add(1, Ordering::Relaxed),
+                Arc::new(t),
+                clean,
+                shared.cfg.coinbase_tag.clone(),
+                now,
+            ));
+            tracing::debug!(job = job.id, height = job.template.height, clean, "new job");
+            let _ = tx.send(Arc::new(cur.with(job, shared.cfg.jobs_kept)));
+        }
+        Err(e) => tracing::warn!(error = %e, "no block template"),
+    }
+}
+
+async fn templates(shared: Arc<Shared>, tx: watch::Sender<Arc<JobSet>>, token: CancellationToken) {
+    let mut tip = shared.backend.tip();
+    let mut refresh = tokio::time::interval(shared.cfg.job_refresh_interval);
+    refresh.tick().await;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            r = tip.changed() => {
+                if r.is_err() { return; }
+                tip.borrow_and_update();
+                refresh_once(&shared, &tx, true).await;
+                refresh.reset();
+            }
+            _ = refresh.tick() => refresh_once(&shared, &tx, false).await,
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(shared.cfg.connections_max));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            () = token.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (stream, peer) = tokio::select! {
+            () = token.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => { backoff = Duration::from_millis(10); x }
+                Err(e) => {
+                    // e.g. EMFILE: back off instead of spinning
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let ip = peer.ip();
+        if let Some(until) = shared
+            .bans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .copied()
+        {
+            if Instant::now() < until {
+                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                continue; // dropping the stream closes it
+            }
+        }
+        {
+            let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= shared.cfg.connections_per_ip_max {
+                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            *n += 1;
+        }
+        let _ = stream.set_nodelay(true);
+        let shared2 = shared.clone();
+        let token2 = token.clone();
+        tracker.spawn(async move {
+            shared2.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let reason = connection(&shared2, stream, token2).await;
+            tracing::debug!(%peer, reason, "connection closed");
+            shared2.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            let mut per_ip = shared2.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one miner until it leaves, breaks a rule, or the pool shuts down. Returns why it ended.
+async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: CancellationToken) -> &'static str {
+    let en1 = shared.next_en1.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    let start = Instant::now();
+    let mut session = Session::new(en1, shared, now_ms());
+    let mut lines = LineBuffer::new(shared.cfg.line_bytes_max);
+    let mut jobs = shared.jobs.clone();
+    jobs.borrow_and_update();
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    let mut last_activity = Instant::now();
+    let mut tick = tokio::time::interval(TICK_INTERVAL);
+    let mut out = String::new();
+    loop {
+        let deadline = if session.ready() {
+            last_activity + shared.cfg.idle_timeout
+        } else {
+            (start + shared.cfg.handshake_deadline).min(last_activity + shared.cfg.idle_timeout)
+        };
+        tokio::select! {
+            () = token.cancelled() => return "shutdown",
+            () = tokio::time::sleep_until(deadline.into()) => {
+                return if session.ready() { "idle timeout" } else { "handshake deadline" };
+            }
+            _ = tick.tick() => {
+                for l in session.tick(shared, now_ms()) { out.push_str(&l); }
+            }
+            r = jobs.changed() => {
+                if r.is_err() { return "pool stopped"; }
+                let set = jobs.borrow_and_update().clone();
+                if session.ready() {
+                    for l in session.work_lines(shared, &set, false) { out.push_str(&l); }
+                }
+            }
+            r = stream.read(&mut chunk) => {
+                let n = match r { Ok(0) | Err(_) => return "peer closed", Ok(n) => n };
+                last_activity = Instant::now();
+                lines.extend(chunk.get(..n).unwrap_or(&[]));
+                loop {
+                    let line = match lines.next_line() {
+                        Ok(Some(l)) => l.to_vec(),
+                        Ok(None) => break,
+                        Err(_) => {
+                            let _ = stream.write_all(out.as_bytes()).await;
+                            return "line too long";
+                        }
+                    };
+                    let outcome = match Incoming::parse(&line) {
+                        Ok(Incoming::Request { id, method, params }) => match ClientRequest::parse(&method, &params) {
+                            Ok(req) => session.handle(shared, id, req, now_ms()).await,
+                            Err(e) => { shared.stats.rejected.fetch_add(1, Ordering::Relaxed); session.malformed(shared, &id, &e.to_string()) }
+                        },
+                        Ok(Incoming::Notification { method, params }) => match ClientRequest::parse(&method, &params) {
+                            Ok(req) => session.handle(shared, serde_json::Value::Null, req, now_ms()).await,
+                            Err(_) => crate::session::Outcome::default(),
+                        },
+                        Ok(Incoming::Response { .. }) => crate::session::Outcome::default(),
+                        Err(e) => {
+                            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                            session.malformed(shared, &serde_json::Value::Null, &e.to_string())
+                        }
+                    };
+                    for l in &outcome.lines {
+                        if l.contains("\"result\":false") || l.contains("\"error\":[") {
+                            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        out.push_str(l);
+                    }
+                    if let Some(reason) = outcome.close {
+                        let _ = stream.write_all(out.as_bytes()).await;
+                        if outcome.ban {
+                            if let Ok(peer) = stream.peer_addr() {
+                                shared.bans.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.ip(), Instant::now() + shared.cfg.ban_duration);
+                            }
+                        }
+                        return reason;
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(out.as_bytes()).await.is_err() {
+                return "write failed";
+            }
+            out.clear();
+            if out.capacity() > 64 * 1024 {
+                out = String::new();
+            }
+        }
+    }
+}

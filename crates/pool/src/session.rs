@@ -1,0 +1,473 @@
+//! One connection's protocol state, and the share validation order of stratum-v1.md §9.
+//!
+//! Requests are handled strictly in order and answered in order. Nothing unsolicited is sent until
+//! subscribe and authorize have both completed (cgminer reads the line after a configure as its reply).
+//! Job ids are per connection (short decimals) and map to the global job plus the difficulty that was
+//! in force when the job was sent; duplicates are keyed on the global job and the parsed submission.
+
+use crate::config::{PayoutScheme, EXTRANONCE2_BYTES, NTIME_FUTURE_S, VERSION_MASK};
+use crate::jobs::{Job, JobCoinbase, JobSet};
+use crate::server::Shared;
+use crate::share_log::{BlockRecord, ShareRecord};
+use bitcoin::{Address, ScriptBuf};
+use mining_core::{BatchHasher, CoinbasePrefix, ShareInput, Vardiff};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use stratum::server_to_client::{error_line, result_line, subscribe_result};
+use stratum::{code, ClientRequest, ServerMessage, Submit};
+use units::Difficulty;
+
+/// What the connection should do after a request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Lines to write, in order.
+    pub lines: Vec<String>,
+    /// Close the connection after writing (with the reason, for the log).
+    pub close: Option<&'static str>,
+    /// Ban the peer's IP.
+    pub ban: bool,
+}
+
+struct ConnJob {
+    id: u64,
+    job: Arc<Job>,
+    cb: Arc<JobCoinbase>,
+    prefix: CoinbasePrefix,
+    difficulty: Difficulty,
+}
+
+/// The parsed submission, the duplicate key (stratum-v1.md §9 step 5).
+#[derive(Hash, PartialEq, Eq)]
+struct ShareKey {
+    en2: u64,
+    ntime: u32,
+    nonce: u32,
+    version: u32,
+}
+
+/// Per-connection state.
+pub struct Session {
+    en1: [u8; 4],
+    subscribed: bool,
+    address: Option<(String, ScriptBuf)>,
+    workers: HashSet<String>,
+    version_mask: Option<u32>,
+    extranonce_subscribed: bool,
+    vardiff: Vardiff,
+    sent_difficulty: Option<Difficulty>,
+    next_job_id: u64,
+    jobs: VecDeque<ConnJob>,
+    seen: HashMap<u64, HashSet<ShareKey>>,
+    hasher: BatchHasher,
+    invalid_streak: u32,
+    /// Accepted shares on this connection.
+    pub accepted: u64,
+    /// Best achieved difficulty on this connection.
+    pub best: Difficulty,
+}
+
+impl Session {
+    /// A new session with its unique extranonce1.
+    pub fn new(en1: [u8; 4], shared: &Shared, now_ms: u64) -> Session {
+        Session {
+            en1,
+            subscribed: false,
+            address: None,
+            workers: HashSet::new(),
+            version_mask: None,
+            extranonce_subscribed: false,
+            vardiff: Vardiff::new(shared.cfg.vardiff, shared.cfg.initial_difficulty, now_ms),
+            sent_difficulty: None,
+            next_job_id: 1,
+            jobs: VecDeque::new(),
+            seen: HashMap::new(),
+            hasher: BatchHasher::new(),
+            invalid_streak: 0,
+            accepted: 0,
+            best: Difficulty::MIN,
+        }
+    }
+
+    /// Subscribed and authorized: work may be sent.
+    pub fn ready(&self) -> bool {
+        self.subscribed && self.address.is_some()
+    }
+
+    /// Handles one request (or notification, `id` null: acted on, not answered).
+    pub async fn handle(&mut self, shared: &Shared, id: Value, req: ClientRequest, now_ms: u64) -> Outcome {
+        let notify_only = id.is_null();
+        let was_ready = self.ready();
+        let mut out = Outcome::default();
+        let reply = match req {
+            ClientRequest::Configure(c) => {
+                let mut result = serde_json::Map::new();
+                for ext in &c.extensions {
+                    match ext.as_str() {
+                        "version-rolling" => {
+                            let mask = VERSION_MASK & c.version_rolling_mask.unwrap_or(u32::MAX);
+                            self.version_mask = Some(mask);
+                            result.insert("version-rolling".into(), json!(true));
+                            result.insert("version-rolling.mask".into(), json!(format!("{mask:08x}")));
+                        }
+                        "minimum-difficulty" => {
+                            if let Some(d) = c.minimum_difficulty.and_then(|d| Difficulty::from_f64(d).ok()) {
+                                self.vardiff.raise_min(d);
+                            }
+                            result.insert("minimum-difficulty".into(), json!(true));
+                        }
+                        "subscribe-extranonce" => {
+                            self.extranonce_subscribed = true;
+                            result.insert("subscribe-extranonce".into(), json!(true));
+                        }
+                        "info" => {
+                            result.insert("info".into(), json!(true));
+                        }
+                        other => {
+                            result.insert(other.to_string(), json!(false));
+                        }
+                    }
+                }
+                Ok(Value::Object(result))
+            }
+            ClientRequest::Subscribe { .. } => {
+                self.subscribed = true;
+                let sid = stratum::to_hex(&self.en1);
+                Ok(subscribe_result(&sid, &self.en1, EXTRANONCE2_BYTES))
+            }
+            ClientRequest::Authorize { user, password } => self.authorize(shared, &user, &password, now_ms),
+            ClientRequest::SuggestDifficulty(d) => {
+                if let Ok(d) = Difficulty::from_f64(d) {
+                    self.vardiff.set(d, now_ms);
+                }
+                Ok(json!(true))
+            }
+            ClientRequest::SuggestTarget(t) => {
+                self.vardiff.set(t.difficulty(), now_ms);
+                Ok(json!(true))
+            }
+            ClientRequest::ExtranonceSubscribe => {
+                self.extranonce_subscribed = true;
+                Ok(json!(true))
+            }
+            ClientRequest::Submit(s) => {
+                let res = self.submit(shared, s, now_ms).await;
+                match &res {
+                    Ok(_) => self.invalid_streak = 0,
+                    Err((c, _)) if *c != code::JOB_NOT_FOUND => {
+                        self.invalid_streak += 1;
+                        if self.invalid_streak >= shared.cfg.invalid_shares_before_ban {
+                            out.close = Some("too many invalid shares");
+                            out.ban = true;
+                        }
+                    }
+                    Err(_) => {}
+                }
+                res
+            }
+            ClientRequest::Unknown(_) => Err((code::OTHER, "Unsupported method".to_string())),
+        };
+        if !notify_only {
+            out.lines.push(match reply {
+                Ok(v) => result_line(&id, v),
+                Err((c, m)) => error_line(&id, c, &m),
+            });
+        }
+        // Work starts once both subscribe and authorize are done; a difficulty change sends new work.
+        let jobs = shared.jobs.borrow().clone();
+        if self.ready() && !was_ready {
+            out.lines.extend(self.work_lines(shared, &jobs, true));
+        } else if self.ready()
+            && self.sent_difficulty.is_some()
+            && Some(wire_difficulty(self.vardiff.current())) != self.sent_difficulty
+        {
+            out.lines.extend(self.work_lines(shared, &jobs, false));
+        }
+        out
+    }
+
+    /// A malformed request: error 20, counted toward the ban.
+    pub fn malformed(&mut self, shared: &Shared, id: &Value, why: &str) -> Outcome {
+        let mut out = Outcome::default();
+        if !id.is_null() {
+            out.lines.push(error_line(id, code::OTHER, why));
+        }
+        self.invalid_streak += 1;
+        if self.invalid_streak >= shared.cfg.invalid_shares_before_ban {
+            out.close = Some("too many invalid requests");
+            out.ban = true;
+        }
+        out
+    }
+
+    fn authorize(
+        &mut self,
+        shared: &Shared,
+        user: &str,
+        password: &str,
+        now_ms: u64,
+    ) -> Result<Value, (i32, String)> {
+        let (addr, worker) = user.split_once('.').unwrap_or((user, ""));
+        let parsed = Address::from_str(addr)
+            .map_err(|e| {
+                (
+                    code::UNAUTHORIZED,
+                    format!("Unauthorized worker: '{addr}' is not a valid address ({e})"),
+                )
+            })?
+            .require_network(shared.cfg.network)
+            .map_err(|_| {
+                (
+                    code::UNAUTHORIZED,
+                    format!(
+                        "Unauthorized worker: '{addr}' is not an address for {}",
+                        shared.cfg.network
+                    ),
+                )
+            })?;
+        if let Some((a, _)) = &self.address {
+            if a != addr {
+                return Err((
+                    code::UNAUTHORIZED,
+                    "Unauthorized worker: one payout address per connection".into(),
+                ));
+            }
+        }
+        // `d=` difficulty hint in the password (e.g. "x,d=512" or "d=0.01").
+        for part in password.split([',', ';', ' ']) {
+            if let Some(v) = part.strip_prefix("d=") {
+                if let Ok(d) = v
+                    .parse::<f64>()
+                    .map_err(|_| ())
+                    .and_then(|f| Difficulty::from_f64(f).map_err(|_| ()))
+                {
+                    self.vardiff.set(d, now_ms);
+                }
+            }
+        }
+        self.address = Some((addr.to_string(), parsed.script_pubkey()));
+        self.workers.insert(worker.to_string());
+        Ok(json!(true))
+    }
+
+    /// The work to send now: `set_difficulty` (if it changed) and a `notify` of the newest job.
+    pub fn work_lines(&mut self, shared: &Shared, jobs: &JobSet, force_clean: bool) -> Vec<String> {
+        let Some(job) = jobs.newest().cloned() else {
+            return Vec::new();
+        };
+        let script = match (&shared.cfg.payout, &self.address) {
+            (PayoutScheme::Pool(s), _) => s.clone(),
+            (PayoutScheme::Solo, Some((_, s))) => s.clone(),
+            (PayoutScheme::Solo, None) => return Vec::new(),
+        };
+        let cb = match job.coinbase_for(&script) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a coinbase");
+                return Vec::new();
+            }
+        };
+        let clean = force_clean
+            || job.clean
+                && self
+                    .jobs
+                    .back()
+                    .is_none_or(|j| j.job.prev_hash() != job.prev_hash());
+        if clean {
+            self.jobs.clear();
+            self.seen.retain(|id, _| *id == job.id);
+        }
+        let mut lines = Vec::with_capacity(2);
+        let d = wire_difficulty(self.vardiff.current());
+        if self.sent_difficulty != Some(d) {
+            lines.push(ServerMessage::SetDifficulty(d.to_f64()).to_line());
+            self.sent_difficulty = Some(d);
+        }
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        let mut n = cb.notify.clone();
+        n.job_id = id.to_string();
+        n.clean_jobs = clean;
+        lines.push(ServerMessage::Notify(n).to_line());
+        let prefix = cb.prepared.prefix(&self.en1);
+        self.jobs.push_back(ConnJob {
+            id,
+            job,
+            cb,
+            prefix,
+            difficulty: d,
+        });
+        while self.jobs.len() > shared.cfg.jobs_kept.max(1) {
+            if let Some(old) = self.jobs.pop_front() {
+                if !self.jobs.iter().any(|j| j.job.id == old.job.id) {
+                    self.seen.remove(&old.job.id);
+                }
+            }
+        }
+        lines
+    }
+
+    async fn submit(&mut self, shared: &Shared, s: Submit, now_ms: u64) -> Result<Value, (i32, String)> {
+        // 1. subscribed, authorized, worker matches
+        if !self.subscribed {
+            return Err((code::NOT_SUBSCRIBED, "Not subscribed".into()));
+        }
+        let Some((address, _)) = self.address.clone() else {
+            return Err((code::UNAUTHORIZED, "Unauthorized worker".into()));
+        };
+        let worker = s.worker.split_once('.').map_or("", |(_, w)| w).to_string();
+        let (addr_part, _) = s.worker.split_once('.').unwrap_or((&s.worker, ""));
+        if addr_part != address.as_str() || !self.workers.contains(&worker) {
+            return Err((code::UNAUTHORIZED, "Unauthorized worker".into()));
+        }
+        // 2. shape
+        if s.extranonce2.len() != EXTRANONCE2_BYTES {
+            return Err((
+                code::OTHER,
+                format!("extranonce2 must be {EXTRANONCE2_BYTES} bytes"),
+            ));
+        }
+        let vbits = s.version_bits.unwrap_or(0);
+        let mask = self.version_mask.unwrap_or(0);
+        // 3. job
+        let Ok(job_id) = s.job_id.parse::<u64>() else {
+            return Err((code::JOB_NOT_FOUND, "Job not found".into()));
+        };
+        let Some(cj) = self.jobs.iter().find(|j| j.id == job_id) else {
+            return Err((code::JOB_NOT_FOUND, "Job not found".into()));
+        };
+        let version = mining_core::roll_version(cj.job.version, vbits, mask)
+            .map_err(|e| (code::OTHER, format!("Invalid version bits: {e}")))?;
+        // 4. ntime window
+        let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        if s.ntime < cj.job.template.min_time || s.ntime > now_s.saturating_add(NTIME_FUTURE_S) {
+            return Err((code::OTHER, "Ntime out of range".into()));
+        }
+        // 5. duplicate
+        let mut en2 = [0u8; 8];
+        en2[..EXTRANONCE2_BYTES].copy_from_slice(&s.extranonce2);
+        let key = ShareKey {
+            en2: u64::from_le_bytes(en2),
+            ntime: s.ntime,
+            nonce: s.nonce,
+            version,
+        };
+        let global = cj.job.id;
+        if self.seen.get(&global).is_some_and(|set| set.contains(&key)) {
+            return Err((code::DUPLICATE, "Duplicate share".into()));
+        }
+        // 6. hash and compare against this job's difficulty
+        let input = ShareInput {
+            job: &cj.cb.prepared,
+            prefix: &cj.prefix,
+            en2: &s.extranonce2,
+            ntime: s.ntime,
+            nonce: s.nonce,
+            version,
+        };
+        let check = self.hasher.hash_one(&input);
+        let assigned = cj.difficulty;
+        if !check.meets(assigned.to_target()) {
+            return Err((code::LOW_DIFFICULTY, "Low difficulty share".into()));
+        }
+        self.seen.entry(global).or_default().insert(key);
+        let job = cj.job.clone();
+        let coinbase = cj.cb.prepared.coinbase_bytes(&self.en1, &s.extranonce2);
+        // 7. a block goes to the chain before anything else
+        let is_block = check.meets(cj.cb.prepared.network_target);
+        if is_block {
+            self.found_block(shared, &job, &coinbase, &check.header, &address, now_ms)
+                .await;
+        }
+        // 8. durable, then reply
+        let rec = ShareRecord {
+            ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+            address,
+            worker,
+            job_id: i64::try_from(global).unwrap_or(i64::MAX),
+            difficulty: assigned,
+            extranonce1: self.en1.to_vec(),
+            extranonce2: s.extranonce2.clone(),
+            header: check.header,
+            is_block,
+        };
+        if let Err(e) = shared.log.append_share(rec).await {
+            tracing::error!(error = %e, "share not durable; answering with an error so the miner keeps it");
+            return Err((code::OTHER, "Share could not be recorded; retry".into()));
+        }
+        self.accepted += 1;
+        self.best = self.best.max(check.achieved_difficulty());
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.stats.accepted_work.fetch_add(
+            u64::try_from(assigned.to_fixed() >> 16).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.vardiff.on_share(assigned, now_ms);
+        Ok(json!(true))
+    }
+
+    async fn found_block(
+        &self,
+        shared: &Shared,
+        job: &Job,
+        coinbase: &[u8],
+        header: &[u8; 80],
+        finder: &str,
+        now_ms: u64,
+    ) {
+        let block = match job.template.assemble(coinbase, header) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "a block-meeting share did not assemble into a block");
+                return;
+            }
+        };
+        let hash = block.block_hash();
+        let bytes = bitcoin::consensus::serialize(&block);
+        let fate = match shared.backend.submit_block(block).await {
+            Ok(chain::BlockFate::Accepted) => "accepted".to_string(),
+            Ok(chain::BlockFate::Rejected(r)) => r,
+            Err(e) => format!("submit-failed: {e}"),
+        };
+        tracing::info!(height = job.template.height, %hash, %fate, finder, "block found");
+        if fate == "accepted" {
+            shared.stats.blocks.fetch_add(1, Ordering::Relaxed);
+        }
+        let rec = BlockRecord {
+            ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+            height: job.template.height,
+            hash: hash.to_string(),
+            finder: finder.to_string(),
+            block: bytes,
+            fate,
+        };
+        if let Err(e) = shared.log.append_block(rec).await {
+            tracing::error!(error = %e, %hash, "found block not recorded in the share log (it was submitted to the chain)");
+        }
+    }
+
+    /// Periodic vardiff check; new work if the difficulty changed.
+    pub fn tick(&mut self, shared: &Shared, now_ms: u64) -> Vec<String> {
+        if !self.ready() {
+            return Vec::new();
+        }
+        if self.vardiff.on_tick(now_ms).is_some() {
+            let jobs = shared.jobs.borrow().clone();
+            return self.work_lines(shared, &jobs, false);
+        }
+        Vec::new()
+    }
+}
+
+/// The difficulty actually assigned and sent: whole numbers from 1 up (ASIC firmware reads `valueint`),
+/// fractions only below 1 (only when the operator's floor allows them). The job is judged against this
+/// exact value, so what the miner was told and what the pool checks never differ.
+fn wire_difficulty(d: Difficulty) -> Difficulty {
+    if d >= Difficulty::ONE {
+        Difficulty::from_fixed(d.to_fixed() & !0xffff_ffff)
+    } else {
+        d
+    }
+}

@@ -1,0 +1,256 @@
+//! The durable log of accepted shares and found blocks.
+//!
+//! SQLite in the data directory, WAL journal, `synchronous=FULL`. One writer task takes records from a
+//! bounded queue ([`QUEUE_MAX`]), groups whatever is waiting (up to [`BATCH_MAX`]) into one transaction
+//! and acknowledges each record only after the commit returns: a share is answered `true` only once
+//! its row is on disk, and a `kill -9` at any moment loses no acknowledged share or block.
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use tokio::sync::{mpsc, oneshot};
+use units::Difficulty;
+
+/// Records waiting for the writer at most; a full queue makes submitters wait (backpressure).
+pub const QUEUE_MAX: usize = 65_536;
+/// Records per transaction at most.
+pub const BATCH_MAX: usize = 8_192;
+
+/// An accepted share.
+#[derive(Clone, Debug)]
+pub struct ShareRecord {
+    /// When accepted (unix ms).
+    pub ts_ms: i64,
+    /// Payout address.
+    pub address: String,
+    /// Worker name (after the dot).
+    pub worker: String,
+    /// Global job number.
+    pub job_id: i64,
+    /// Assigned difficulty (credited).
+    pub difficulty: Difficulty,
+    /// Extranonce1.
+    pub extranonce1: Vec<u8>,
+    /// Extranonce2.
+    pub extranonce2: Vec<u8>,
+    /// The 80-byte header (proves the work with the hash).
+    pub header: [u8; 80],
+    /// Whether it was a block.
+    pub is_block: bool,
+}
+
+/// A found block.
+#[derive(Clone, Debug)]
+pub struct BlockRecord {
+    /// When found (unix ms).
+    pub ts_ms: i64,
+    /// Height.
+    pub height: u32,
+    /// Hash (display hex).
+    pub hash: String,
+    /// Finder's address.
+    pub finder: String,
+    /// The serialized block.
+    pub block: Vec<u8>,
+    /// `accepted` or the node's reject reason.
+    pub fate: String,
+}
+
+enum Record {
+    Share(ShareRecord),
+    Block(BlockRecord),
+}
+
+/// Why a record could not be made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("share log: {0}")]
+pub struct LogError(pub String);
+
+/// Handle to the share log.
+#[derive(Clone, Debug)]
+pub struct ShareLog {
+    tx: mpsc::Sender<(Record, oneshot::Sender<Result<(), LogError>>)>,
+    db: SqlitePool,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS shares (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        worker TEXT NOT NULL,
+        job_id INTEGER NOT NULL,
+        diff_int INTEGER NOT NULL CHECK (diff_int >= 0),
+        diff_frac INTEGER NOT NULL CHECK (diff_frac >= 0 AND diff_frac < 4294967296),
+        extranonce1 BLOB NOT NULL,
+        extranonce2 BLOB NOT NULL,
+        header BLOB NOT NULL CHECK (length(header) = 80),
+        is_block INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS shares_address_ts ON shares(address, ts_ms)",
+    "CREATE TABLE IF NOT EXISTS blocks (
+        id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        finder TEXT NOT NULL,
+        block BLOB NOT NULL,
+        fate TEXT NOT NULL)",
+];
+
+impl ShareLog {
+    /// Opens (creating) `path` and starts the writer; the writer ends when every handle is dropped.
+    pub async fn open(path: &Path) -> Result<(ShareLog, tokio::task::JoinHandle<()>), LogError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        // One writer plus readers for the API.
+        let db = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| LogError(format!("opening {}: {e}", path.display())))?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&db)
+                .await
+                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        let writer = tokio::spawn(write_loop(db.clone(), rx));
+        Ok((ShareLog { tx, db }, writer))
+    }
+
+    /// Appends a share and waits until it is committed.
+    pub async fn append_share(&self, r: ShareRecord) -> Result<(), LogError> {
+        self.submit(Record::Share(r)).await
+    }
+
+    /// Appends a block and waits until it is committed.
+    pub async fn append_block(&self, r: BlockRecord) -> Result<(), LogError> {
+        self.submit(Record::Block(r)).await
+    }
+
+    async fn submit(&self, r: Record) -> Result<(), LogError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((r, ack))
+            .await
+            .map_err(|_| LogError("writer stopped".into()))?;
+        done.await
+            .map_err(|_| LogError("writer stopped before committing".into()))?
+    }
+
+    /// Number of shares logged.
+    pub async fn share_count(&self) -> Result<i64, LogError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM shares")
+            .fetch_one(&self.db)
+            .await
+            .map_err(|e| LogError(e.to_string()))?;
+        row.try_get::<i64, _>(0).map_err(|e| LogError(e.to_string()))
+    }
+
+    /// Headers of every logged share, oldest first (audits and tests).
+    pub async fn headers(&self) -> Result<Vec<Vec<u8>>, LogError> {
+        let rows = sqlx::query("SELECT header FROM shares ORDER BY id")
+            .fetch_all(&self.db)
+            .await
+            .map_err(|e| LogError(e.to_string()))?;
+        rows.iter()
+            .map(|r| r.try_get::<Vec<u8>, _>(0).map_err(|e| LogError(e.to_string())))
+            .collect()
+    }
+
+    /// Hashes (display hex) and fates of logged blocks, oldest first.
+    pub async fn blocks(&self) -> Result<Vec<(String, String)>, LogError> {
+        let rows = sqlx::query("SELECT hash, fate FROM blocks ORDER BY id")
+            .fetch_all(&self.db)
+            .await
+            .map_err(|e| LogError(e.to_string()))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>(0).map_err(|e| LogError(e.to_string()))?,
+                    r.try_get::<String, _>(1).map_err(|e| LogError(e.to_string()))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The database (for read-only API queries).
+    pub fn db(&self) -> &SqlitePool {
+        &self.db
+    }
+}
+
+async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sender<Result<(), LogError>>)>) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let res = commit(&db, &batch).await;
+        if let Err(e) = &res {
+            tracing::error!(error = %e, records = batch.len(), "share log commit failed; nothing in this batch was acknowledged");
+        }
+        for (_, ack) in batch.drain(..) {
+            let _ = ack.send(res.clone());
+        }
+    }
+}
+
+async fn commit(
+    db: &SqlitePool,
+    batch: &[(Record, oneshot::Sender<Result<(), LogError>>)],
+) -> Result<(), LogError> {
+    let err = |e: sqlx::Error| LogError(e.to_string());
+    let mut tx = db.begin().await.map_err(err)?;
+    for (r, _) in batch {
+        match r {
+            Record::Share(s) => {
+                let p = s.difficulty.to_fixed();
+                let int = i64::try_from(p >> 32).map_err(|_| LogError("difficulty too large".into()))?;
+                let frac = i64::try_from(p & 0xffff_ffff).unwrap_or(0);
+                sqlx::query(
+                    "INSERT INTO shares (ts_ms, address, worker, job_id, diff_int, diff_frac, extranonce1, extranonce2, header, is_block)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(s.ts_ms)
+                .bind(&s.address)
+                .bind(&s.worker)
+                .bind(s.job_id)
+                .bind(int)
+                .bind(frac)
+                .bind(&s.extranonce1)
+                .bind(&s.extranonce2)
+                .bind(&s.header[..])
+                .bind(s.is_block)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+            Record::Block(b) => {
+                sqlx::query(
+                    "INSERT INTO blocks (ts_ms, height, hash, finder, block, fate) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(b.ts_ms)
+                .bind(i64::from(b.height))
+                .bind(&b.hash)
+                .bind(&b.finder)
+                .bind(&b.block)
+                .bind(&b.fate)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+        }
+    }
+    tx.commit().await.map_err(err)
+}

@@ -1,0 +1,438 @@
+//! Pool integration tests over real TCP on 127.0.0.1 with the embedded dev chain, a real SQLite share
+//! log, and test miners that hash for real (mining-core) and speak through the stratum crate.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use bitcoin::Network;
+use chain::{Backend, DevNode};
+use mining_core::{prevhash_from_stratum, BatchHasher, PreparedJob, ShareInput};
+use pool::{PayoutScheme, Pool, PoolConfig};
+use serde_json::{json, Value};
+use std::time::Duration;
+use stratum::server_to_client::reply_verdict;
+use stratum::{Incoming, Notify, ServerMessage};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use units::Difficulty;
+
+const ADDR: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+
+struct Harness {
+    pool: Pool,
+    node: DevNode,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(tweak: impl FnOnce(&mut PoolConfig)) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::new(devchain::DevChain::open(dir.path(), 30).unwrap());
+    let mut cfg = PoolConfig::new(Network::Regtest, PayoutScheme::Solo);
+    cfg.vardiff.min = Difficulty::MIN;
+    cfg.initial_difficulty = Difficulty::from_f64(0.001).unwrap();
+    tweak(&mut cfg);
+    let (log, _writer) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+        .await
+        .unwrap();
+    let pool = Pool::start(
+        cfg,
+        Backend::Dev(node.clone()),
+        log,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    Harness {
+        pool,
+        node,
+        _dir: dir,
+    }
+}
+
+/// A test miner: real TCP, real hashing.
+struct Miner {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+    en1: Vec<u8>,
+    job: Option<Notify>,
+    diff: f64,
+    mask: u32,
+    pending_diff: f64,
+    en2: u32,
+}
+
+impl Miner {
+    async fn connect(h: &Harness) -> Miner {
+        let s = TcpStream::connect(h.pool.local_addr()).await.unwrap();
+        let (r, w) = s.into_split();
+        Miner {
+            r: BufReader::new(r),
+            w,
+            en1: Vec::new(),
+            job: None,
+            diff: 1.0,
+            mask: 0,
+            pending_diff: 1.0,
+            en2: 0,
+        }
+    }
+    async fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).await.unwrap();
+        if !line.ends_with('\n') {
+            self.w.write_all(b"\n").await.unwrap();
+        }
+    }
+    /// Next line as JSON (None on EOF), applying notifications to the miner's state.
+    async fn next(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
+            .await
+            .expect("pool silent")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if let Ok(Incoming::Notification { method, params }) = Incoming::parse(line.trim_end().as_bytes()) {
+            match ServerMessage::parse(&method, &params).unwrap() {
+                Some(ServerMessage::SetDifficulty(d)) => self.pending_diff = d,
+                Some(ServerMessage::Notify(n)) => {
+                    self.job = Some(n);
+                    self.diff = self.pending_diff;
+                }
+                Some(ServerMessage::SetVersionMask(m)) => self.mask = m,
+                _ => {}
+            }
+        }
+        Some(v)
+    }
+    /// Reads until a response (a line with an id that is not a notification).
+    async fn reply(&mut self) -> Value {
+        loop {
+            let v = self.next().await.expect("connection closed");
+            if v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+    async fn wait_job(&mut self) {
+        while self.job.is_none() {
+            self.next().await.expect("closed before a job");
+        }
+    }
+    async fn handshake(&mut self, user: &str) {
+        self.send(r#"{"id":1,"method":"mining.subscribe","params":["test/1"]}"#)
+            .await;
+        let r = self.reply().await;
+        self.en1 = stratum::parse_hex(r["result"][1].as_str().unwrap(), 8).unwrap();
+        self.send(&json!({"id": 2, "method": "mining.authorize", "params": [user, "x"]}).to_string())
+            .await;
+        assert_eq!(self.reply().await["result"], true);
+        self.wait_job().await;
+    }
+    /// Finds a share for the current job at the current difficulty (brute force), returns submit params.
+    fn find_share(&mut self, worker: &str, roll: bool) -> (Value, [u8; 80]) {
+        self.find(worker, roll, false)
+    }
+    /// A share that is *not* a block (so the tip does not move and the job stays current).
+    fn find_plain_share(&mut self, worker: &str) -> (Value, [u8; 80]) {
+        self.find(worker, false, true)
+    }
+    fn find(&mut self, worker: &str, roll: bool, avoid_block: bool) -> (Value, [u8; 80]) {
+        let n = self.job.clone().unwrap();
+        let job = PreparedJob::new(
+            n.coinb1,
+            n.coinb2,
+            n.merkle_branch,
+            n.version,
+            prevhash_from_stratum(&n.prevhash),
+            n.nbits,
+            n.ntime,
+        )
+        .unwrap();
+        let prefix = job.prefix(&self.en1);
+        let target = Difficulty::from_f64(self.diff).unwrap().to_target();
+        let mut h = BatchHasher::new();
+        // Bounded: a search that cannot succeed fails the test instead of spinning.
+        for _ in 0..200 {
+            self.en2 += 1;
+            let en2 = self.en2.to_be_bytes();
+            let vbits = if roll { (self.en2 << 13) & self.mask } else { 0 };
+            let version = (n.version & !self.mask) | vbits;
+            for nonce in 0..100_000u32 {
+                let c = h.hash_one(&ShareInput {
+                    job: &job,
+                    prefix: &prefix,
+                    en2: &en2,
+                    ntime: n.ntime,
+                    nonce,
+                    version,
+                });
+                if c.meets(target) && !(avoid_block && c.meets(job.network_target)) {
+                    let mut p = vec![
+                        json!(worker),
+                        json!(n.job_id),
+                        json!(stratum::to_hex(&en2)),
+                        json!(format!("{:08x}", n.ntime)),
+                        json!(format!("{nonce:08x}")),
+                    ];
+                    if roll {
+                        p.push(json!(format!("{vbits:08x}")));
+                    }
+                    return (Value::Array(p), c.header);
+                }
+            }
+        }
+        panic!(
+            "no share found in 20M hashes at difficulty {} (avoid_block {avoid_block})",
+            self.diff
+        );
+    }
+    async fn submit(&mut self, id: Value, params: &Value) -> Value {
+        self.send(&json!({"id": id, "method": "mining.submit", "params": params}).to_string())
+            .await;
+        self.reply().await
+    }
+}
+
+fn verdict(v: &Value) -> Result<(), String> {
+    reply_verdict(
+        &v["result"],
+        &v["error"],
+        v.get("reject-reason").and_then(Value::as_str),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpuminer_flow_shares_accepted_and_durable() {
+    let h = harness(|_| {}).await;
+    let mut m = Miner::connect(&h).await;
+    m.handshake(&format!("{ADDR}.cpu")).await;
+    let mut accepted_headers = Vec::new();
+    for _ in 0..5 {
+        m.wait_job().await;
+        let (p, header) = m.find_share(&format!("{ADDR}.cpu"), false);
+        // cpuminer sends every submit with id 4
+        let r = m.submit(json!(4), &p).await;
+        assert_eq!(r["id"], 4);
+        match verdict(&r) {
+            Ok(()) => accepted_headers.push(header.to_vec()),
+            Err(e) => assert_eq!(e, "Job not found", "only a block race may make a share stale"),
+        }
+    }
+    assert!(!accepted_headers.is_empty());
+    let logged = h.pool.log().headers().await.unwrap();
+    for a in &accepted_headers {
+        assert!(
+            logged.contains(a),
+            "an accepted share is missing from the share log"
+        );
+    }
+    h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitaxe_pipelined_handshake_and_version_rolling() {
+    let h = harness(|_| {}).await;
+    let mut m = Miner::connect(&h).await;
+    // Bitaxe sends all four back to back; configure's reply must be the first line written.
+    let burst = format!(
+        "{}\n{}\n{}\n{}\n",
+        r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"ffffffff"}]}"#,
+        r#"{"id":2,"method":"mining.subscribe","params":["bitaxe/BM1366/v2.5.0"]}"#,
+        json!({"id": 3, "method": "mining.authorize", "params": [format!("{ADDR}.axe"), "x"]}),
+        r#"{"id":4,"method":"mining.suggest_difficulty","params":[0.001]}"#
+    );
+    m.send(&burst).await;
+    let first = m.next().await.unwrap();
+    assert_eq!(
+        first["id"], 1,
+        "first line after configure must be its reply: {first}"
+    );
+    assert_eq!(first["result"]["version-rolling"], true);
+    assert_eq!(first["result"]["version-rolling.mask"], "1fffe000");
+    m.mask = 0x1fffe000;
+    let sub = m.next().await.unwrap();
+    assert_eq!(sub["id"], 2);
+    m.en1 = stratum::parse_hex(sub["result"][1].as_str().unwrap(), 8).unwrap();
+    assert_eq!(sub["result"][2], 4);
+    // work may arrive between the remaining replies (after authorize); replies stay in order
+    assert_eq!(m.reply().await["id"], 3);
+    assert_eq!(m.reply().await["id"], 4);
+    m.wait_job().await;
+    let mut ok = 0;
+    for i in 0..6 {
+        m.wait_job().await;
+        let (p, _) = m.find_share(&format!("{ADDR}.axe"), true);
+        assert_ne!(p[5], "00000000", "version bits are rolled");
+        if verdict(&m.submit(json!(10 + i), &p).await).is_ok() {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 3, "rolled shares accepted: {ok}");
+    h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reject_code() {
+    // Below the dev chain's network difficulty (~4.66e-10), so about half the shares are not blocks.
+    let h = harness(|c| c.initial_difficulty = Difficulty::MIN).await;
+    let mut m = Miner::connect(&h).await;
+    let user = format!("{ADDR}.w");
+    let sub = json!(["w", "1", "00000000", "00000000", "00000000"]);
+    // 25 before subscribe
+    let r = m.submit(json!(1), &sub).await;
+    assert_eq!(r["error"][0], 25);
+    m.send(r#"{"id":2,"method":"mining.subscribe","params":[]}"#)
+        .await;
+    let r = m.reply().await;
+    m.en1 = stratum::parse_hex(r["result"][1].as_str().unwrap(), 8).unwrap();
+    // 24 before authorize
+    assert_eq!(m.submit(json!(3), &sub).await["error"][0], 24);
+    // invalid address -> 24 with a reason
+    m.send(
+        r#"{"id":4,"method":"mining.authorize","params":["bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq","x"]}"#,
+    )
+    .await;
+    let r = m.reply().await;
+    assert_eq!(r["error"][0], 24);
+    assert!(
+        r["error"][1]
+            .as_str()
+            .unwrap()
+            .contains("not an address for regtest"),
+        "{r}"
+    );
+    m.send(&json!({"id": 5, "method": "mining.authorize", "params": [user, "x"]}).to_string())
+        .await;
+    assert_eq!(m.reply().await["result"], true);
+    m.wait_job().await;
+    // unknown method: 20, connection stays
+    m.send(r#"{"id":6,"method":"mining.get_transactions","params":[]}"#)
+        .await;
+    assert_eq!(m.reply().await["error"][0], 20);
+    // 24: a worker that was not authorized
+    let (good, _) = m.find_plain_share(&user);
+    let mut other = good.clone();
+    other[0] = json!(format!("{ADDR}.other"));
+    assert_eq!(m.submit(json!(7), &other).await["error"][0], 24);
+    // 21: unknown job
+    let mut stale = good.clone();
+    stale[1] = json!("999999");
+    assert_eq!(m.submit(json!(8), &stale).await["error"][0], 21);
+    // 20: EN2 of the wrong length
+    let mut short = good.clone();
+    short[2] = json!("0000");
+    assert_eq!(m.submit(json!(9), &short).await["error"][0], 20);
+    // 20: version bits outside the mask (no rolling negotiated)
+    let mut bits = good.clone();
+    bits.as_array_mut().unwrap().push(json!("00002000"));
+    assert_eq!(m.submit(json!(10), &bits).await["error"][0], 20);
+    // 20: ntime far in the future
+    let mut future = good.clone();
+    future[3] = json!("ffffff00");
+    assert_eq!(m.submit(json!(11), &future).await["error"][0], 20);
+    // accepted, then 22: the same share again (upper-case hex does not slip through)
+    let r = m.submit(json!(12), &good).await;
+    assert_eq!(verdict(&r), Ok(()));
+    let mut upper = good.clone();
+    upper[4] = json!(good[4].as_str().unwrap().to_uppercase());
+    assert_eq!(m.submit(json!(13), &upper).await["error"][0], 22);
+    // 23: raise difficulty far above, then submit a share found at the old one
+    m.send(r#"{"id":14,"method":"mining.suggest_difficulty","params":[1000000]}"#)
+        .await;
+    assert_eq!(m.reply().await["result"], true);
+    // the pool sends the new difficulty with a fresh job; a low share for that job is 23
+    m.wait_job().await;
+    let mut saw_new = false;
+    for _ in 0..4 {
+        if m.diff >= 1_000_000.0 {
+            saw_new = true;
+            break;
+        }
+        m.next().await;
+    }
+    assert!(saw_new, "no set_difficulty 1e6 + notify after the suggestion");
+    let easy = m.diff;
+    m.diff = Difficulty::MIN.to_f64();
+    let (low, _) = m.find_plain_share(&user);
+    m.diff = easy;
+    assert_eq!(m.submit(json!(15), &low).await["error"][0], 23);
+    // malformed params: 20, not a crash
+    m.send(r#"{"id":16,"method":"mining.submit","params":["w","1","00","-1","x"]}"#)
+        .await;
+    assert_eq!(m.reply().await["error"][0], 20);
+    // string ids are echoed verbatim
+    m.send(r#"{"id":"abc","method":"mining.extranonce.subscribe","params":[]}"#)
+        .await;
+    assert_eq!(m.reply().await["id"], "abc");
+    h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_blocks_extend_the_dev_chain() {
+    let h = harness(|_| {}).await;
+    let start = h.node.lock().height();
+    let mut m = Miner::connect(&h).await;
+    m.handshake(&format!("{ADDR}.b")).await;
+    // At the dev chain's floor about every second hash is a block; keep submitting until one lands.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.node.lock().height() == start {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no block accepted by the dev chain"
+        );
+        m.wait_job().await;
+        let (p, _) = m.find_share(&format!("{ADDR}.b"), false);
+        let _ = m.submit(json!(5), &p).await;
+        // let the clean job arrive
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let blocks = h.pool.log().blocks().await.unwrap();
+    assert!(blocks.iter().any(|(_, fate)| fate == "accepted"), "{blocks:?}");
+    // the block's coinbase pays the finder (SOLO)
+    let paid = h.node.lock().tip().block.txdata[0].output[0]
+        .script_pubkey
+        .clone();
+    let addr: bitcoin::Address = ADDR.parse::<bitcoin::Address<_>>().unwrap().assume_checked();
+    assert_eq!(paid, addr.script_pubkey());
+    h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_close_offenders_only() {
+    let h = harness(|c| {
+        c.handshake_deadline = Duration::from_millis(300);
+        c.connections_per_ip_max = 3;
+    })
+    .await;
+    // a well-behaved miner keeps working throughout
+    let mut good = Miner::connect(&h).await;
+    good.handshake(&format!("{ADDR}.good")).await;
+    // line over 16 KiB: closed
+    let mut big = Miner::connect(&h).await;
+    big.send(&"x".repeat(stratum::framing::MINER_LINE_BYTES_MAX + 1))
+        .await;
+    assert!(
+        big.next().await.is_none(),
+        "overlong line must close the connection"
+    );
+    // silent connection: closed at the handshake deadline
+    let mut silent = Miner::connect(&h).await;
+    assert!(silent.next().await.is_none());
+    // per-IP cap: good + 2 more allowed, the 4th is closed at once
+    let _a = Miner::connect(&h).await;
+    let _b = Miner::connect(&h).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut over = Miner::connect(&h).await;
+    assert!(
+        over.next().await.is_none(),
+        "fourth connection from one IP must be refused"
+    );
+    // the good miner never noticed
+    good.wait_job().await;
+    let (p, _) = good.find_share(&format!("{ADDR}.good"), false);
+    let r = good.submit(json!(99), &p).await;
+    assert!(verdict(&r).is_ok() || r["error"][0] == 21, "{r}");
+    h.pool.shutdown().await;
+}
