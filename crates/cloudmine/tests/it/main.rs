@@ -157,3 +157,124 @@ async fn kill_9_during_block_submission_loses_no_acknowledged_block() {
     node.child.kill().unwrap();
     node.child.wait().unwrap();
 }
+
+/// Starts `cloudmine serve` on a free port; returns the child and the Stratum address.
+#[allow(clippy::zombie_processes)] // the child is killed and waited for by the caller (Served's Drop)
+fn serve(dir: &std::path::Path) -> (Served, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .args([
+            "serve",
+            "--stratum-listen",
+            "127.0.0.1:0",
+            "--status-interval",
+            "0",
+            "--start-difficulty",
+            "0.0000000003",
+            "--min-difficulty",
+            "0.0000000003",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("CLOUDMINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("serve exited before listening").unwrap();
+        if let Some(rest) = line.strip_prefix("cloudmine pool: stratum+tcp://") {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            std::thread::spawn(move || for _ in lines {});
+            return (Served(child), addr);
+        }
+    }
+}
+
+struct Served(Child);
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_serve_under_load_loses_no_acknowledged_share_or_block() {
+    use test_support::{verdict, Miner};
+    const ADDR: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+    let dir = tempfile::tempdir().unwrap();
+    let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    for round in 0..2u64 {
+        let (mut served, addr) = serve(dir.path());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..3 {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut m = Miner::connect(addr).await;
+                let user = format!("{ADDR}.w{w}");
+                m.handshake(&user).await;
+                let mut id = 10u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (p, header) = m.find_share(&user, false);
+                    id += 1;
+                    // the pool may die at any moment: only a `true` reply counts
+                    if !m
+                        .send_or_eof(&json!({"id": id, "method": "mining.submit", "params": p}).to_string())
+                        .await
+                    {
+                        return;
+                    }
+                    let Some(r) = m.next_reply_or_eof().await else {
+                        return;
+                    };
+                    if verdict(&r).is_ok() {
+                        acked.lock().unwrap().push(header.to_vec());
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(1500 + 700 * round)).await;
+        served.0.kill().unwrap(); // SIGKILL under load
+        served.0.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 5,
+        "too few acknowledged shares to prove anything: {}",
+        acked.len()
+    );
+    // Read the share log the killed process left behind.
+    let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+        .await
+        .unwrap();
+    let logged: std::collections::HashSet<Vec<u8>> = log.headers().await.unwrap().into_iter().collect();
+    let missing = acked.iter().filter(|h| !logged.contains(*h)).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged shares lost",
+        acked.len()
+    );
+    // Every block the log says the chain accepted is in the chain after restart.
+    let blocks = log.blocks().await.unwrap();
+    let chain = devchain::DevChain::open(dir.path(), 30).unwrap();
+    let accepted: Vec<_> = blocks.iter().filter(|(_, f)| f == "accepted").collect();
+    for (hash, _) in &accepted {
+        let h: bitcoin::BlockHash = hash.parse().unwrap();
+        assert!(
+            chain.by_hash(&h).is_some(),
+            "accepted block {hash} missing after kill -9"
+        );
+    }
+    eprintln!(
+        "{} acknowledged shares and {} accepted blocks across 2 SIGKILLs of `cloudmine serve`, all present",
+        acked.len(),
+        accepted.len()
+    );
+}

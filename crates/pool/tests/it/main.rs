@@ -5,15 +5,10 @@
 
 use bitcoin::Network;
 use chain::{Backend, DevNode};
-use mining_core::{prevhash_from_stratum, BatchHasher, PreparedJob, ShareInput};
 use pool::{PayoutScheme, Pool, PoolConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
-use stratum::server_to_client::reply_verdict;
-use stratum::{Incoming, Notify, ServerMessage};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use test_support::{verdict, Miner};
 use units::Difficulty;
 
 const ADDR: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
@@ -49,164 +44,10 @@ async fn harness(tweak: impl FnOnce(&mut PoolConfig)) -> Harness {
     }
 }
 
-/// A test miner: real TCP, real hashing.
-struct Miner {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-    en1: Vec<u8>,
-    job: Option<Notify>,
-    diff: f64,
-    mask: u32,
-    pending_diff: f64,
-    en2: u32,
-}
-
-impl Miner {
-    async fn connect(h: &Harness) -> Miner {
-        let s = TcpStream::connect(h.pool.local_addr()).await.unwrap();
-        let (r, w) = s.into_split();
-        Miner {
-            r: BufReader::new(r),
-            w,
-            en1: Vec::new(),
-            job: None,
-            diff: 1.0,
-            mask: 0,
-            pending_diff: 1.0,
-            en2: 0,
-        }
-    }
-    async fn send(&mut self, line: &str) {
-        self.w.write_all(line.as_bytes()).await.unwrap();
-        if !line.ends_with('\n') {
-            self.w.write_all(b"\n").await.unwrap();
-        }
-    }
-    /// Next line as JSON (None on EOF), applying notifications to the miner's state.
-    async fn next(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
-            .await
-            .expect("pool silent")
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if let Ok(Incoming::Notification { method, params }) = Incoming::parse(line.trim_end().as_bytes()) {
-            match ServerMessage::parse(&method, &params).unwrap() {
-                Some(ServerMessage::SetDifficulty(d)) => self.pending_diff = d,
-                Some(ServerMessage::Notify(n)) => {
-                    self.job = Some(n);
-                    self.diff = self.pending_diff;
-                }
-                Some(ServerMessage::SetVersionMask(m)) => self.mask = m,
-                _ => {}
-            }
-        }
-        Some(v)
-    }
-    /// Reads until a response (a line with an id that is not a notification).
-    async fn reply(&mut self) -> Value {
-        loop {
-            let v = self.next().await.expect("connection closed");
-            if v.get("method").is_none() {
-                return v;
-            }
-        }
-    }
-    async fn wait_job(&mut self) {
-        while self.job.is_none() {
-            self.next().await.expect("closed before a job");
-        }
-    }
-    async fn handshake(&mut self, user: &str) {
-        self.send(r#"{"id":1,"method":"mining.subscribe","params":["test/1"]}"#)
-            .await;
-        let r = self.reply().await;
-        self.en1 = stratum::parse_hex(r["result"][1].as_str().unwrap(), 8).unwrap();
-        self.send(&json!({"id": 2, "method": "mining.authorize", "params": [user, "x"]}).to_string())
-            .await;
-        assert_eq!(self.reply().await["result"], true);
-        self.wait_job().await;
-    }
-    /// Finds a share for the current job at the current difficulty (brute force), returns submit params.
-    fn find_share(&mut self, worker: &str, roll: bool) -> (Value, [u8; 80]) {
-        self.find(worker, roll, false)
-    }
-    /// A share that is *not* a block (so the tip does not move and the job stays current).
-    fn find_plain_share(&mut self, worker: &str) -> (Value, [u8; 80]) {
-        self.find(worker, false, true)
-    }
-    fn find(&mut self, worker: &str, roll: bool, avoid_block: bool) -> (Value, [u8; 80]) {
-        let n = self.job.clone().unwrap();
-        let job = PreparedJob::new(
-            n.coinb1,
-            n.coinb2,
-            n.merkle_branch,
-            n.version,
-            prevhash_from_stratum(&n.prevhash),
-            n.nbits,
-            n.ntime,
-        )
-        .unwrap();
-        let prefix = job.prefix(&self.en1);
-        let target = Difficulty::from_f64(self.diff).unwrap().to_target();
-        let mut h = BatchHasher::new();
-        // Bounded: a search that cannot succeed fails the test instead of spinning.
-        for _ in 0..200 {
-            self.en2 += 1;
-            let en2 = self.en2.to_be_bytes();
-            let vbits = if roll { (self.en2 << 13) & self.mask } else { 0 };
-            let version = (n.version & !self.mask) | vbits;
-            for nonce in 0..100_000u32 {
-                let c = h.hash_one(&ShareInput {
-                    job: &job,
-                    prefix: &prefix,
-                    en2: &en2,
-                    ntime: n.ntime,
-                    nonce,
-                    version,
-                });
-                if c.meets(target) && !(avoid_block && c.meets(job.network_target)) {
-                    let mut p = vec![
-                        json!(worker),
-                        json!(n.job_id),
-                        json!(stratum::to_hex(&en2)),
-                        json!(format!("{:08x}", n.ntime)),
-                        json!(format!("{nonce:08x}")),
-                    ];
-                    if roll {
-                        p.push(json!(format!("{vbits:08x}")));
-                    }
-                    return (Value::Array(p), c.header);
-                }
-            }
-        }
-        panic!(
-            "no share found in 20M hashes at difficulty {} (avoid_block {avoid_block})",
-            self.diff
-        );
-    }
-    async fn submit(&mut self, id: Value, params: &Value) -> Value {
-        self.send(&json!({"id": id, "method": "mining.submit", "params": params}).to_string())
-            .await;
-        self.reply().await
-    }
-}
-
-fn verdict(v: &Value) -> Result<(), String> {
-    reply_verdict(
-        &v["result"],
-        &v["error"],
-        v.get("reject-reason").and_then(Value::as_str),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpuminer_flow_shares_accepted_and_durable() {
     let h = harness(|_| {}).await;
-    let mut m = Miner::connect(&h).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
     m.handshake(&format!("{ADDR}.cpu")).await;
     let mut accepted_headers = Vec::new();
     for _ in 0..5 {
@@ -234,7 +75,7 @@ async fn cpuminer_flow_shares_accepted_and_durable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bitaxe_pipelined_handshake_and_version_rolling() {
     let h = harness(|_| {}).await;
-    let mut m = Miner::connect(&h).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
     // Bitaxe sends all four back to back; configure's reply must be the first line written.
     let burst = format!(
         "{}\n{}\n{}\n{}\n",
@@ -277,7 +118,7 @@ async fn bitaxe_pipelined_handshake_and_version_rolling() {
 async fn every_reject_code() {
     // Below the dev chain's network difficulty (~4.66e-10), so about half the shares are not blocks.
     let h = harness(|c| c.initial_difficulty = Difficulty::MIN).await;
-    let mut m = Miner::connect(&h).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
     let user = format!("{ADDR}.w");
     let sub = json!(["w", "1", "00000000", "00000000", "00000000"]);
     // 25 before subscribe
@@ -373,7 +214,7 @@ async fn every_reject_code() {
 async fn found_blocks_extend_the_dev_chain() {
     let h = harness(|_| {}).await;
     let start = h.node.lock().height();
-    let mut m = Miner::connect(&h).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
     m.handshake(&format!("{ADDR}.b")).await;
     // At the dev chain's floor about every second hash is a block; keep submitting until one lands.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -407,10 +248,10 @@ async fn limits_close_offenders_only() {
     })
     .await;
     // a well-behaved miner keeps working throughout
-    let mut good = Miner::connect(&h).await;
+    let mut good = Miner::connect(h.pool.local_addr()).await;
     good.handshake(&format!("{ADDR}.good")).await;
     // line over 16 KiB: closed
-    let mut big = Miner::connect(&h).await;
+    let mut big = Miner::connect(h.pool.local_addr()).await;
     big.send(&"x".repeat(stratum::framing::MINER_LINE_BYTES_MAX + 1))
         .await;
     assert!(
@@ -418,13 +259,13 @@ async fn limits_close_offenders_only() {
         "overlong line must close the connection"
     );
     // silent connection: closed at the handshake deadline
-    let mut silent = Miner::connect(&h).await;
+    let mut silent = Miner::connect(h.pool.local_addr()).await;
     assert!(silent.next().await.is_none());
     // per-IP cap: good + 2 more allowed, the 4th is closed at once
-    let _a = Miner::connect(&h).await;
-    let _b = Miner::connect(&h).await;
+    let _a = Miner::connect(h.pool.local_addr()).await;
+    let _b = Miner::connect(h.pool.local_addr()).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut over = Miner::connect(&h).await;
+    let mut over = Miner::connect(h.pool.local_addr()).await;
     assert!(
         over.next().await.is_none(),
         "fourth connection from one IP must be refused"

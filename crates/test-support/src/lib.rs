@@ -1,0 +1,190 @@
+//! Helpers for integration tests: [`Miner`], a Stratum test miner over real loopback TCP that hashes
+//! for real with `mining-core` and speaks through the `stratum` crate's client half. It panics on any
+//! protocol surprise, which is what a test wants. (The production miner is `cloudmine mine`.)
+
+use mining_core::{prevhash_from_stratum, BatchHasher, PreparedJob, ShareInput};
+use serde_json::{json, Value};
+use std::time::Duration;
+use stratum::server_to_client::reply_verdict;
+use stratum::{Incoming, Notify, ServerMessage};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use units::Difficulty;
+
+/// A test miner: real TCP, real hashing.
+pub struct Miner {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+    /// Extranonce1 from subscribe.
+    pub en1: Vec<u8>,
+    /// The current job.
+    pub job: Option<Notify>,
+    /// Difficulty of the current job.
+    pub diff: f64,
+    /// Negotiated version-rolling mask.
+    pub mask: u32,
+    pending_diff: f64,
+    en2: u32,
+}
+
+impl Miner {
+    /// Connects to a pool.
+    pub async fn connect(addr: std::net::SocketAddr) -> Miner {
+        let s = TcpStream::connect(addr).await.expect("connect to the pool");
+        let (r, w) = s.into_split();
+        Miner {
+            r: BufReader::new(r),
+            w,
+            en1: Vec::new(),
+            job: None,
+            diff: 1.0,
+            mask: 0,
+            pending_diff: 1.0,
+            en2: 0,
+        }
+    }
+    pub async fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).await.expect("test miner");
+        if !line.ends_with('\n') {
+            self.w.write_all(b"\n").await.expect("test miner");
+        }
+    }
+    /// Next line as JSON (None on EOF), applying notifications to the miner's state.
+    pub async fn next(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line))
+            .await
+            .expect("pool silent")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&line).expect("test miner");
+        if let Ok(Incoming::Notification { method, params }) = Incoming::parse(line.trim_end().as_bytes()) {
+            match ServerMessage::parse(&method, &params).expect("test miner") {
+                Some(ServerMessage::SetDifficulty(d)) => self.pending_diff = d,
+                Some(ServerMessage::Notify(n)) => {
+                    self.job = Some(n);
+                    self.diff = self.pending_diff;
+                }
+                Some(ServerMessage::SetVersionMask(m)) => self.mask = m,
+                _ => {}
+            }
+        }
+        Some(v)
+    }
+    /// Sends a line; `false` if the pool is gone.
+    pub async fn send_or_eof(&mut self, line: &str) -> bool {
+        let mut l = line.to_string();
+        if !l.ends_with('\n') {
+            l.push('\n');
+        }
+        self.w.write_all(l.as_bytes()).await.is_ok()
+    }
+    /// The next reply, or `None` if the pool closed the connection (notifications are applied).
+    pub async fn next_reply_or_eof(&mut self) -> Option<Value> {
+        loop {
+            let v = self.next().await?;
+            if v.get("method").is_none() {
+                return Some(v);
+            }
+        }
+    }
+    /// Reads until a response (a line with an id that is not a notification).
+    pub async fn reply(&mut self) -> Value {
+        loop {
+            let v = self.next().await.expect("connection closed");
+            if v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+    pub async fn wait_job(&mut self) {
+        while self.job.is_none() {
+            self.next().await.expect("closed before a job");
+        }
+    }
+    pub async fn handshake(&mut self, user: &str) {
+        self.send(r#"{"id":1,"method":"mining.subscribe","params":["test/1"]}"#)
+            .await;
+        let r = self.reply().await;
+        self.en1 = stratum::parse_hex(r["result"][1].as_str().expect("test miner"), 8).expect("test miner");
+        self.send(&json!({"id": 2, "method": "mining.authorize", "params": [user, "x"]}).to_string())
+            .await;
+        assert_eq!(self.reply().await["result"], true);
+        self.wait_job().await;
+    }
+    /// Finds a share for the current job at the current difficulty (brute force), returns submit params.
+    pub fn find_share(&mut self, worker: &str, roll: bool) -> (Value, [u8; 80]) {
+        self.find(worker, roll, false)
+    }
+    /// A share that is *not* a block (so the tip does not move and the job stays current).
+    pub fn find_plain_share(&mut self, worker: &str) -> (Value, [u8; 80]) {
+        self.find(worker, false, true)
+    }
+    fn find(&mut self, worker: &str, roll: bool, avoid_block: bool) -> (Value, [u8; 80]) {
+        let n = self.job.clone().expect("test miner");
+        let job = PreparedJob::new(
+            n.coinb1,
+            n.coinb2,
+            n.merkle_branch,
+            n.version,
+            prevhash_from_stratum(&n.prevhash),
+            n.nbits,
+            n.ntime,
+        )
+        .expect("test miner");
+        let prefix = job.prefix(&self.en1);
+        let target = Difficulty::from_f64(self.diff).expect("test miner").to_target();
+        let mut h = BatchHasher::new();
+        // Bounded: a search that cannot succeed fails the test instead of spinning.
+        for _ in 0..200 {
+            self.en2 += 1;
+            let en2 = self.en2.to_be_bytes();
+            let vbits = if roll { (self.en2 << 13) & self.mask } else { 0 };
+            let version = (n.version & !self.mask) | vbits;
+            for nonce in 0..100_000u32 {
+                let c = h.hash_one(&ShareInput {
+                    job: &job,
+                    prefix: &prefix,
+                    en2: &en2,
+                    ntime: n.ntime,
+                    nonce,
+                    version,
+                });
+                if c.meets(target) && !(avoid_block && c.meets(job.network_target)) {
+                    let mut p = vec![
+                        json!(worker),
+                        json!(n.job_id),
+                        json!(stratum::to_hex(&en2)),
+                        json!(format!("{:08x}", n.ntime)),
+                        json!(format!("{nonce:08x}")),
+                    ];
+                    if roll {
+                        p.push(json!(format!("{vbits:08x}")));
+                    }
+                    return (Value::Array(p), c.header);
+                }
+            }
+        }
+        panic!(
+            "no share found in 20M hashes at difficulty {} (avoid_block {avoid_block})",
+            self.diff
+        );
+    }
+    pub async fn submit(&mut self, id: Value, params: &Value) -> Value {
+        self.send(&json!({"id": id, "method": "mining.submit", "params": params}).to_string())
+            .await;
+        self.reply().await
+    }
+}
+
+/// A reply as accepted or the reject reason.
+pub fn verdict(v: &Value) -> Result<(), String> {
+    reply_verdict(
+        &v["result"],
+        &v["error"],
+        v.get("reject-reason").and_then(Value::as_str),
+    )
+}
