@@ -319,9 +319,10 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                             Ok(req) => session.handle(shared, id, req, now_ms()).await,
                             Err(e) => { shared.stats.rejected.fetch_add(1, Ordering::Relaxed); session.malformed(shared, &id, &e.to_string()) }
                         },
+                        // A notification (id null) is acted on and never answered, even when malformed.
                         Ok(Incoming::Notification { method, params }) => match ClientRequest::parse(&method, &params) {
                             Ok(req) => session.handle(shared, serde_json::Value::Null, req, now_ms()).await,
-                            Err(_) => crate::session::Outcome::default(),
+                            Err(_) => { shared.stats.rejected.fetch_add(1, Ordering::Relaxed); crate::session::Outcome::default() }
                         },
                         Ok(Incoming::Response { .. }) => crate::session::Outcome::default(),
                         Err(e) => {

@@ -188,12 +188,11 @@ impl Session {
         out
     }
 
-    /// A malformed request: error 20, counted toward the ban.
+    /// A malformed request: error 20 (with `"id": null` when the line was not even JSON, as JSON-RPC
+    /// answers parse errors), counted toward the ban.
     pub fn malformed(&mut self, shared: &Shared, id: &Value, why: &str) -> Outcome {
         let mut out = Outcome::default();
-        if !id.is_null() {
-            out.lines.push(error_line(id, code::OTHER, why));
-        }
+        out.lines.push(error_line(id, code::OTHER, why));
         self.invalid_streak += 1;
         if self.invalid_streak >= shared.cfg.invalid_shares_before_ban {
             out.close = Some("too many invalid requests");

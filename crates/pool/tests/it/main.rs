@@ -277,3 +277,106 @@ async fn limits_close_offenders_only() {
     assert!(verdict(&r).is_ok() || r["error"][0] == 21, "{r}");
     h.pool.shutdown().await;
 }
+
+/// Reads until a reply or EOF: `Some(reply)` or `None` when the pool closed the connection.
+async fn reply_or_close(m: &mut Miner) -> Option<serde_json::Value> {
+    m.next_reply_or_eof().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_table_while_a_good_miner_keeps_mining() {
+    let h = harness(|c| c.initial_difficulty = Difficulty::MIN).await;
+    let addr = h.pool.local_addr();
+    // The well-behaved miner, on its own connection, for the whole test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut m = Miner::connect(addr).await;
+            let user = format!("{ADDR}.good");
+            m.handshake(&user).await;
+            let (mut ok, mut id) = (0u32, 100u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (p, _) = m.find_share(&user, false);
+                id += 1;
+                let r = m.submit(json!(id), &p).await;
+                match verdict(&r) {
+                    Ok(()) => ok += 1,
+                    Err(e) => assert_eq!(e, "Job not found", "the good miner got an unexpected reject"),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ok
+        })
+    };
+    let s = |p: serde_json::Value| json!({"id": 7, "method": "mining.submit", "params": p}).to_string();
+    let w = format!("{ADDR}.bad");
+    let nested = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+    let bad: Vec<(String, &str)> = vec![
+        ("{not json".into(), "error"),
+        ("[]".into(), "error"),
+        ("\"just a string\"".into(), "error"),
+        (r#"{"id":1}"#.into(), "error"),
+        (r#"{"id":1,"method":5,"params":[]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.submit","params":{}}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.subscribe","params":"x"}"#.into(), "error"),
+        (s(json!([w, "1", "00000000", "00000000"])), "error"),
+        (s(json!([w, "1", "00000000", "00000000", "00000000", "00000000", "x"])), "error"),
+        (s(json!([5, "1", "00000000", "00000000", "00000000"])), "error"),
+        (s(json!([w, "1", "00000000", 1700000000, "00000000"])), "error"),
+        (s(json!([w, "1", "00000000", -1, "00000000"])), "error"),
+        (s(json!([w, "1", "00000000", "00000000", 1.5])), "error"),
+        (s(json!([w, "1", "0".repeat(100), "00000000", "00000000"])), "error"),
+        (s(json!([w, "1", "000", "00000000", "00000000"])), "error"),
+        (s(json!([w, "1", "zzzzzzzz", "00000000", "00000000"])), "error"),
+        (s(json!([w, "1", "00000000", "000000000", "00000000"])), "error"),
+        (s(json!([w, "1", "00000000", "00000000", "00000000", "xyz"])), "error"),
+        (s(json!([w, "abc", "00000000", "00000000", "00000000"])), "error"),
+        (s(json!([w, "x".repeat(10_000), "00000000", "00000000", "00000000"])), "error"),
+        (s(json!([w, "-1", "00000000", "00000000", "00000000"])), "error"),
+        (r#"{"id":1,"method":"mining.authorize","params":[]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.authorize","params":[42,"x"]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.authorize","params":["notanaddress","x"]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.authorize","params":["bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq","x"]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.suggest_difficulty","params":[-5]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.suggest_difficulty","params":["abc"]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.suggest_difficulty","params":[1e400]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.configure","params":"x"}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"zz"}]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.suggest_target","params":["00"]}"#.into(), "error"),
+        (r#"{"id":1,"method":"mining.get_transactions","params":[]}"#.into(), "error"),
+        (nested, "error"),
+        ("\u{0}\u{1}\u{2}binary\u{7f}".into(), "error"),
+        (format!(r#"{{"id":"{}","method":"nope","params":[]}}"#, "i".repeat(8_000)), "error"),
+        ("x".repeat(stratum::framing::MINER_LINE_BYTES_MAX + 100), "close"),
+    ];
+    assert!(bad.len() >= 30);
+    for (i, (line, want)) in bad.iter().enumerate() {
+        let mut m = Miner::connect(addr).await;
+        // most cases come after a normal handshake, so the error is about the message itself
+        if i % 3 != 0 {
+            m.handshake(&format!("{ADDR}.bad")).await;
+        }
+        m.send(line).await;
+        let got = reply_or_close(&mut m).await;
+        match (*want, got) {
+            ("close", None) => {}
+            ("error", Some(r)) => assert!(verdict(&r).is_err(), "case {i}: {line:.80} -> {r}"),
+            (w, g) => panic!("case {i}: {line:.80}: wanted {w}, got {g:?}"),
+        }
+        if *want == "error" {
+            // and the connection still works
+            m.send(r#"{"id":"ping","method":"mining.extranonce.subscribe","params":[]}"#)
+                .await;
+            assert_eq!(
+                m.reply().await["id"],
+                "ping",
+                "case {i}: connection unusable after the error"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ok = good.await.unwrap();
+    assert!(ok >= 5, "the good miner had only {ok} shares accepted");
+    h.pool.shutdown().await;
+}
