@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Stratum listen address.
     #[arg(long, default_value = "127.0.0.1:3333")]
     pub stratum_listen: SocketAddr,
+    /// HTTP listen address (Prometheus /metrics, /api/v1/pool, /api/v1/miners/{address}, /api/client/{address}).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
     /// Chain backend.
     #[arg(long, value_enum, default_value_t = ChainKind::Dev)]
     pub chain: ChainKind,
@@ -177,6 +180,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pool = Pool::start(cfg, backend.clone(), log, args.stratum_listen)
         .await
         .with_context(|| format!("binding the Stratum listener on {}", args.stratum_listen))?;
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", args.http_listen))?;
+    println!(
+        "HTTP API on http://{} (/metrics, /api/v1/pool, /api/v1/miners/<address>)",
+        http.local_addr()?
+    );
+    pool.serve_http(http);
     println!(
         "cloudmine pool: stratum+tcp://{} (user = your {} address[.worker], any password; data {})",
         pool.local_addr(),

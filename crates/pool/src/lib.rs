@@ -6,16 +6,21 @@
 //! * [`share_log`]: the durable log of accepted shares and found blocks (SQLite, WAL, group commit). A
 //!   share is answered `true` only after its row is committed.
 //! * [`session`]: one connection's protocol state and the share validation order of stratum-v1.md §9.
+//! * [`stats`]: counters, the submit-latency histogram, per-worker hashrate for the API.
+//! * [`api`]: the HTTP edge: Prometheus `/metrics`, `/api/v1/pool`, `/api/v1/miners/{address}`, and
+//!   public-pool's `/api/client/{address}` shape for NerdMiner/Bitaxe community tools.
 //! * [`server`]: the TCP edge: accept with connection caps, per-connection tasks, deadlines, job
 //!   broadcast, graceful shutdown.
 //!
 //! [`Pool::run`] ties them together with a template refresher that follows the chain backend's tip.
 
+pub mod api;
 pub mod config;
 pub mod jobs;
 pub mod server;
 pub mod session;
 pub mod share_log;
+pub mod stats;
 
 pub use config::{PayoutScheme, PoolConfig};
 pub use server::{Pool, PoolStats};

@@ -16,6 +16,7 @@ use crate::config::PoolConfig;
 use crate::jobs::{Job, JobSet};
 use crate::session::Session;
 use crate::share_log::ShareLog;
+pub use crate::stats::PoolStats;
 use chain::Backend;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,23 +35,6 @@ use tokio_util::task::TaskTracker;
 pub const READ_CHUNK_BYTES: usize = 4096;
 /// How often connections run their vardiff check.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Counters for status lines, metrics and tests.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    /// Open connections.
-    pub connections: AtomicU64,
-    /// Accepted shares.
-    pub accepted: AtomicU64,
-    /// Rejected shares and malformed requests.
-    pub rejected: AtomicU64,
-    /// Accepted work in units of 2^16 hashes (difficulty fixed-point >> 16).
-    pub accepted_work: AtomicU64,
-    /// Blocks accepted by the chain.
-    pub blocks: AtomicU64,
-    /// Connections refused (caps, bans).
-    pub refused: AtomicU64,
-}
 
 /// What every connection task shares.
 pub struct Shared {
@@ -132,6 +116,17 @@ impl Pool {
         &self.shared.log
     }
 
+    /// Serves the HTTP API (`/metrics`, `/api/v1/…`, `/api/client/{address}`) on `listener` until shutdown.
+    pub fn serve_http(&self, listener: TcpListener) {
+        let shared = self.shared.clone();
+        let token = self.token.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = crate::api::serve(shared, listener, token).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+
     /// The current job set.
     pub fn jobs(&self) -> Arc<JobSet> {
         self.shared.jobs.borrow().clone()
@@ -153,7 +148,7 @@ fn rand_u32() -> u32 {
     (t as u32) ^ ((t >> 32) as u32).rotate_left(13) ^ std::process::id()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

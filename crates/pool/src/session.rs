@@ -309,6 +309,18 @@ impl Session {
     }
 
     async fn submit(&mut self, shared: &Shared, s: Submit, now_ms: u64) -> Result<Value, (i32, String)> {
+        let started = std::time::Instant::now();
+        let r = self.submit_inner(shared, s, now_ms).await;
+        shared.stats.observe_latency(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn submit_inner(
+        &mut self,
+        shared: &Shared,
+        s: Submit,
+        now_ms: u64,
+    ) -> Result<Value, (i32, String)> {
         // 1. subscribed, authorized, worker matches
         if !self.subscribed {
             return Err((code::NOT_SUBSCRIBED, "Not subscribed".into()));
@@ -383,8 +395,8 @@ impl Session {
         // 8. durable, then reply
         let rec = ShareRecord {
             ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
-            address,
-            worker,
+            address: address.clone(),
+            worker: worker.clone(),
             job_id: i64::try_from(global).unwrap_or(i64::MAX),
             difficulty: assigned,
             extranonce1: self.en1.to_vec(),
@@ -398,6 +410,14 @@ impl Session {
         }
         self.accepted += 1;
         self.best = self.best.max(check.achieved_difficulty());
+        shared.stats.worker_share(
+            &address,
+            &worker,
+            &self.en1,
+            assigned,
+            check.achieved_difficulty(),
+            now_ms,
+        );
         shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         shared.stats.accepted_work.fetch_add(
             u64::try_from(assigned.to_fixed() >> 16).unwrap_or(u64::MAX),
@@ -433,6 +453,8 @@ impl Session {
         tracing::info!(height = job.template.height, %hash, %fate, finder, "block found");
         if fate == "accepted" {
             shared.stats.blocks.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.stats.blocks_rejected.fetch_add(1, Ordering::Relaxed);
         }
         let rec = BlockRecord {
             ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),

@@ -380,3 +380,67 @@ async fn bad_messages_table_while_a_good_miner_keeps_mining() {
     assert!(ok >= 5, "the good miner had only {ok} shares accepted");
     h.pool.shutdown().await;
 }
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_and_metrics() {
+    let h = harness(|c| c.initial_difficulty = Difficulty::MIN).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    h.pool.serve_http(listener);
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.rig1");
+    m.handshake(&user).await;
+    let mut ok = 0;
+    for i in 0..10 {
+        let (p, _) = m.find_share(&user, false);
+        if verdict(&m.submit(json!(i), &p).await).is_ok() {
+            ok += 1;
+        }
+    }
+    assert!(ok > 0);
+    let (st, body) = http_get(http, &format!("/api/v1/miners/{ADDR}")).await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["workers"][0]["name"], "rig1");
+    assert_eq!(v["workers"][0]["accepted"], ok);
+    assert!(v["workers"][0]["last_share_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let (st, body) = http_get(http, &format!("/api/client/{ADDR}")).await;
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["workersCount"], 1);
+    assert_eq!(v["workers"][0]["sessionId"].as_str().unwrap().len(), 8);
+    assert!(v["workers"][0]["lastSeen"].as_str().unwrap().ends_with('Z'));
+    assert!(v["bestDifficulty"].is_string());
+    let (st, body) = http_get(http, "/api/v1/pool").await;
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["connections"], 1);
+    assert!(v["shares_accepted"].as_u64().unwrap() >= ok);
+    let (st, body) = http_get(http, "/metrics").await;
+    assert_eq!(st, 200);
+    assert!(
+        body.contains(&format!(
+            "cloudmine_pool_shares_total{{result=\"accepted\"}} {}",
+            v["shares_accepted"]
+        )),
+        "{body}"
+    );
+    assert!(body.contains("cloudmine_pool_submit_latency_seconds_bucket{le=\"+Inf\"}"));
+    assert!(body.contains("cloudmine_pool_connections 1"));
+    assert_eq!(http_get(http, "/api/v1/miners/bcrt1qnobody").await.0, 404);
+    assert_eq!(http_get(http, "/api/v1/miners/bad%20addr").await.0, 400);
+    assert_eq!(http_get(http, "/nope").await.0, 404);
+    h.pool.shutdown().await;
+}

@@ -1,0 +1,166 @@
+//! The pool's HTTP edge: Prometheus metrics and JSON status.
+//!
+//! * `GET /metrics`: Prometheus text (connections, shares by result, accepted work, hashrate, blocks by
+//!   fate, refused connections, chain height, submit latency histogram).
+//! * `GET /api/v1/pool`: pool summary.
+//! * `GET /api/v1/miners/{address}`: per-worker hashrate (10-minute window), last share, best
+//!   difficulty, accepted shares; 404 for an address with no shares since start.
+//! * `GET /api/client/{address}`: the same in public-pool's shape (`bestDifficulty`, `workersCount`,
+//!   `workers[]` with `sessionId`, `name`, `bestDifficulty`, `hashRate`, `startTime`, `lastSeen`).
+//!
+//! Only GET; no request body is read. Responses are built from in-memory figures, never from SQL in
+//! the handler.
+
+use crate::config::PayoutScheme;
+use crate::server::{now_ms, Shared};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Longest address accepted in a path.
+pub const ADDRESS_BYTES_MAX: usize = 128;
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/pool", get(pool))
+        .route("/api/v1/miners/{address}", get(miner))
+        .route("/api/client/{address}", get(public_pool_client))
+        .with_state(shared);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+}
+
+fn height(shared: &Shared) -> u32 {
+    shared.backend.tip().borrow().height
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let body = s.stats.prometheus(height(&s), now_ms());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn pool(State(s): State<Arc<Shared>>) -> Response {
+    let now = now_ms();
+    let tip = *s.backend.tip().borrow();
+    Json(json!({
+        "connections": s.stats.connections.load(Ordering::Relaxed),
+        "hashrate_hps": s.stats.hashrate(now),
+        "hashrate_window_s": crate::stats::WINDOW_MINUTES * 60,
+        "shares_accepted": s.stats.accepted.load(Ordering::Relaxed),
+        "shares_rejected": s.stats.rejected.load(Ordering::Relaxed),
+        "blocks_found": s.stats.blocks.load(Ordering::Relaxed),
+        "height": tip.height,
+        "tip": tip.hash.to_string(),
+        "network": s.cfg.network.to_string(),
+        "payout_scheme": match s.cfg.payout { PayoutScheme::Solo => "solo", PayoutScheme::Pool(_) => "pool" },
+    }))
+    .into_response()
+}
+
+fn bad_address(a: &str) -> Option<Response> {
+    (a.len() > ADDRESS_BYTES_MAX || !a.chars().all(|c| c.is_ascii_alphanumeric()))
+        .then(|| (StatusCode::BAD_REQUEST, Json(json!({"error": "not an address"}))).into_response())
+}
+
+async fn miner(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Response {
+    if let Some(r) = bad_address(&address) {
+        return r;
+    }
+    let now = now_ms();
+    let workers = s.stats.workers_of(&address);
+    if workers.is_empty() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no shares from this address since the pool started"})),
+        )
+            .into_response();
+    }
+    let total: f64 = workers.iter().map(|(_, w)| w.hashrate(now)).sum();
+    Json(json!({
+        "address": address,
+        "hashrate_hps": total,
+        "workers": workers.iter().map(|(name, w)| json!({
+            "name": name,
+            "hashrate_hps": w.hashrate(now),
+            "last_share_ms": w.last_share_ms,
+            "best_difficulty": w.best.to_f64(),
+            "accepted": w.accepted,
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn public_pool_client(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Response {
+    if let Some(r) = bad_address(&address) {
+        return r;
+    }
+    let now = now_ms();
+    let workers = s.stats.workers_of(&address);
+    let best = workers
+        .iter()
+        .map(|(_, w)| w.best)
+        .max()
+        .map_or(0.0, |d| d.to_f64());
+    Json(json!({
+        "bestDifficulty": format!("{best:.2}"),
+        "workersCount": workers.len(),
+        "workers": workers.iter().map(|(name, w)| json!({
+            "sessionId": w.session_id,
+            "name": name,
+            "bestDifficulty": format!("{:.2}", w.best.to_f64()),
+            "hashRate": w.hashrate(now),
+            "startTime": iso8601(w.start_ms),
+            "lastSeen": iso8601(w.last_share_ms),
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` from unix milliseconds (proleptic Gregorian, UTC).
+pub fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso8601;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

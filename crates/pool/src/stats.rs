@@ -1,0 +1,230 @@
+//! Pool statistics: counters, a submit-latency histogram, and per-worker figures for the API.
+//!
+//! Worker hashrate is the accepted work (assigned difficulty × 2^32) in the last ten whole minutes
+//! divided by 600 s, the window public-pool reports; minutes are buckets, so the window is exact to the
+//! minute and a share is counted in exactly one bucket. At most [`WORKERS_TRACKED_MAX`] workers are
+//! kept; past that the one seen longest ago is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use units::{Difficulty, Work};
+
+/// Workers kept in memory for the API.
+pub const WORKERS_TRACKED_MAX: usize = 100_000;
+/// Minutes in the hashrate window.
+pub const WINDOW_MINUTES: u64 = 10;
+/// Upper bounds (seconds) of the submit-latency histogram buckets.
+pub const LATENCY_BUCKETS_S: [f64; 11] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// One worker's figures.
+#[derive(Clone, Debug)]
+pub struct WorkerStats {
+    /// Extranonce1 of its latest connection (public-pool's `sessionId`).
+    pub session_id: String,
+    /// First seen (unix ms).
+    pub start_ms: u64,
+    /// Last accepted share (unix ms).
+    pub last_share_ms: u64,
+    /// Best achieved difficulty.
+    pub best: Difficulty,
+    /// Accepted shares.
+    pub accepted: u64,
+    /// Work per minute: (minute number, hashes), newest last, at most WINDOW_MINUTES + 1.
+    minutes: Vec<(u64, u128)>,
+}
+
+impl WorkerStats {
+    /// Hashes per second over the last WINDOW_MINUTES whole minutes before `now_ms`.
+    pub fn hashrate(&self, now_ms: u64) -> f64 {
+        let now_min = now_ms / 60_000;
+        let work: u128 = self
+            .minutes
+            .iter()
+            .filter(|(m, _)| *m < now_min && *m + WINDOW_MINUTES >= now_min)
+            .map(|(_, w)| *w)
+            .sum();
+        work as f64 / (WINDOW_MINUTES * 60) as f64
+    }
+}
+
+/// Counters for status lines, metrics and the API.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Accepted shares.
+    pub accepted: AtomicU64,
+    /// Rejected shares and malformed requests.
+    pub rejected: AtomicU64,
+    /// Accepted work in units of 2^16 hashes (difficulty fixed-point >> 16).
+    pub accepted_work: AtomicU64,
+    /// Blocks accepted by the chain.
+    pub blocks: AtomicU64,
+    /// Blocks the chain rejected.
+    pub blocks_rejected: AtomicU64,
+    /// Connections refused (caps, bans).
+    pub refused: AtomicU64,
+    latency: [AtomicU64; 12],
+    latency_sum_us: AtomicU64,
+    workers: Mutex<HashMap<(String, String), WorkerStats>>,
+}
+
+impl PoolStats {
+    /// Records a submit's latency (receipt to durable verdict).
+    pub fn observe_latency(&self, secs: f64) {
+        let i = LATENCY_BUCKETS_S
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        if let Some(c) = self.latency.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_sum_us
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Records an accepted share for the API.
+    pub fn worker_share(
+        &self,
+        address: &str,
+        worker: &str,
+        session: &[u8],
+        assigned: Difficulty,
+        achieved: Difficulty,
+        now_ms: u64,
+    ) {
+        let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= WORKERS_TRACKED_MAX && !map.contains_key(&(address.to_string(), worker.to_string())) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, w)| w.last_share_ms)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        let w = map
+            .entry((address.to_string(), worker.to_string()))
+            .or_insert_with(|| WorkerStats {
+                session_id: stratum::to_hex(session),
+                start_ms: now_ms,
+                last_share_ms: now_ms,
+                best: Difficulty::MIN,
+                accepted: 0,
+                minutes: Vec::new(),
+            });
+        w.session_id = stratum::to_hex(session);
+        w.last_share_ms = now_ms;
+        w.best = w.best.max(achieved);
+        w.accepted += 1;
+        let minute = now_ms / 60_000;
+        match w.minutes.last_mut() {
+            Some((m, work)) if *m == minute => *work = work.saturating_add(assigned.work().hashes()),
+            _ => w.minutes.push((minute, assigned.work().hashes())),
+        }
+        let excess = w.minutes.len().saturating_sub(WINDOW_MINUTES as usize + 1);
+        w.minutes.drain(..excess);
+    }
+
+    /// The workers of an address, by name.
+    pub fn workers_of(&self, address: &str) -> Vec<(String, WorkerStats)> {
+        let map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(String, WorkerStats)> = map
+            .iter()
+            .filter(|((a, _), _)| a == address)
+            .map(|((_, n), w)| (n.clone(), w.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Pool hashrate over the window (sum of workers).
+    pub fn hashrate(&self, now_ms: u64) -> f64 {
+        let map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|w| w.hashrate(now_ms)).sum()
+    }
+
+    /// Prometheus text exposition.
+    pub fn prometheus(&self, height: u32, now_ms: u64) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in lines {
+                s.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        metric(
+            "cloudmine_pool_connections",
+            "gauge",
+            "Open Stratum connections.",
+            &[(String::new(), g(&self.connections).to_string())],
+        );
+        metric(
+            "cloudmine_pool_shares_total",
+            "counter",
+            "Shares by result (rejected includes malformed requests).",
+            &[
+                ("{result=\"accepted\"}".into(), g(&self.accepted).to_string()),
+                ("{result=\"rejected\"}".into(), g(&self.rejected).to_string()),
+            ],
+        );
+        let work = Work::from_hashes(u128::from(g(&self.accepted_work)) << 16);
+        metric(
+            "cloudmine_pool_accepted_work_hashes_total",
+            "counter",
+            "Expected hashes of accepted shares (assigned difficulty x 2^32).",
+            &[(String::new(), work.hashes().to_string())],
+        );
+        metric(
+            "cloudmine_pool_hashrate_hps",
+            "gauge",
+            "Pool hashrate over the last 10 whole minutes.",
+            &[(String::new(), format!("{:.0}", self.hashrate(now_ms)))],
+        );
+        metric(
+            "cloudmine_pool_blocks_total",
+            "counter",
+            "Blocks found, by the chain's verdict.",
+            &[
+                ("{fate=\"accepted\"}".into(), g(&self.blocks).to_string()),
+                ("{fate=\"rejected\"}".into(), g(&self.blocks_rejected).to_string()),
+            ],
+        );
+        metric(
+            "cloudmine_pool_connections_refused_total",
+            "counter",
+            "Connections refused by caps or bans.",
+            &[(String::new(), g(&self.refused).to_string())],
+        );
+        metric(
+            "cloudmine_chain_height",
+            "gauge",
+            "Height of the chain tip.",
+            &[(String::new(), height.to_string())],
+        );
+        let mut cum = 0u64;
+        let mut lines = Vec::new();
+        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+            cum += self.latency.get(i).map_or(0, g);
+            lines.push((format!("_bucket{{le=\"{b}\"}}"), cum.to_string()));
+        }
+        cum += self.latency.get(LATENCY_BUCKETS_S.len()).map_or(0, g);
+        lines.push(("_bucket{le=\"+Inf\"}".into(), cum.to_string()));
+        lines.push((
+            "_sum".into(),
+            format!("{:.6}", g(&self.latency_sum_us) as f64 / 1e6),
+        ));
+        lines.push(("_count".into(), cum.to_string()));
+        metric(
+            "cloudmine_pool_submit_latency_seconds",
+            "histogram",
+            "mining.submit from receipt to durable verdict.",
+            &lines,
+        );
+        s
+    }
+}
