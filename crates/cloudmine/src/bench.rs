@@ -21,12 +21,51 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
+    /// Loopback load on a real `cloudmine serve`: connections held, server RSS, shares/s, latency.
+    Pool {
+        /// Concurrent authorized miner connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Load processes (each may hold at most 20,000 open files here).
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Seconds of load before measuring.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+    },
+    /// (internal) one load process of `bench pool`.
+    #[command(hide = true)]
+    PoolLoad {
+        /// Pool address.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Connections in this process.
+        #[arg(long)]
+        connections: usize,
+        /// Seconds measured.
+        #[arg(long)]
+        seconds: u64,
+        /// Seconds of warm-up.
+        #[arg(long)]
+        warmup: u64,
+    },
 }
 
 /// Runs a benchmark.
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Validate { runs, seconds, batch } => validate(runs.max(1), seconds, batch.max(1)),
+        BenchCmd::Pool { connections, processes, seconds, warmup } => {
+            crate::loadgen::orchestrate(connections.max(1), processes.max(1), seconds, warmup)
+        }
+        BenchCmd::PoolLoad { addr, connections, seconds, warmup } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(crate::loadgen::load(addr, connections, seconds, warmup)),
     }
 }
 

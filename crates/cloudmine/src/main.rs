@@ -1,6 +1,7 @@
 //! `cloudmine`: one binary, clap subcommands. `main` parses flags and dispatches; the work lives in the crates.
 
 mod bench;
+mod loadgen;
 mod node;
 mod serve;
 

@@ -79,6 +79,15 @@ pub struct ServeArgs {
     /// Lowest share difficulty vardiff may assign (fractions allowed, e.g. 0.001 for CPU miners).
     #[arg(long, default_value_t = 0.001)]
     pub min_difficulty: f64,
+    /// Open Stratum connections at most (a permit is taken before accept).
+    #[arg(long, default_value_t = 20_000)]
+    pub connections_max: usize,
+    /// Open Stratum connections per IP address at most.
+    #[arg(long, default_value_t = 20_000)]
+    pub connections_per_ip_max: usize,
+    /// Highest share difficulty vardiff may assign.
+    #[arg(long, default_value_t = 1099511627776.0)]
+    pub max_difficulty: f64,
     /// Seconds between status lines (0: none).
     #[arg(long, default_value_t = 5)]
     pub status_interval: u64,
@@ -175,6 +184,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     cfg.initial_difficulty =
         units::Difficulty::from_f64(args.start_difficulty).context("--start-difficulty")?;
     cfg.vardiff.min = units::Difficulty::from_f64(args.min_difficulty).context("--min-difficulty")?;
+    cfg.connections_max = args.connections_max.max(1);
+    cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);
+    cfg.vardiff.max = units::Difficulty::from_f64(args.max_difficulty).context("--max-difficulty")?;
+    anyhow::ensure!(cfg.vardiff.min <= cfg.vardiff.max, "--min-difficulty is above --max-difficulty");
     let db = args.data_dir.join("pool.sqlite");
     let (log, writer) = pool::share_log::ShareLog::open(&db).await?;
     let pool = Pool::start(cfg, backend.clone(), log, args.stratum_listen)

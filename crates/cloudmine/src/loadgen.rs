@@ -1,0 +1,304 @@
+//! `cloudmine bench pool`: a loopback load generator for the pool, and its orchestrator.
+//!
+//! The orchestrator starts a real `cloudmine serve` (temporary data directory, minimum share
+//! difficulty so a share costs about one hash), then `--processes` load processes (a process here may
+//! hold at most 20,000 open files), each opening its share of `--connections` real TCP miners. When
+//! every connection is authorized it reads the server's RSS from `/proc/<pid>/status` (per-connection
+//! memory = (RSS − RSS before load) / connections), then every miner submits shares one at a time
+//! (send, wait for the reply, next) for `--seconds` after a `--warmup`. Latency is measured by the
+//! client from writing a submit to reading its reply. Figures are printed as one JSON object.
+
+use mining_core::{prevhash_from_stratum, BatchHasher, PreparedJob, ShareInput};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader as StdBufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stratum::{Incoming, ServerMessage};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use units::Difficulty;
+
+const USER: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+
+/// Orchestrates a run and prints the figures.
+pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u64) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("cloudmine-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut server = Command::new(&exe)
+        .args(["serve", "--stratum-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--status-interval", "0"])
+        .args(["--start-difficulty", "0.0000000003", "--min-difficulty", "0.0000000003", "--max-difficulty", "0.0000000003"])
+        .args(["--connections-max", &(connections + 100).to_string(), "--data-dir"])
+        .arg(&dir)
+        .env("CLOUDMINE_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = server.id();
+    let mut lines = StdBufReader::new(server.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
+    let addr: SocketAddr = loop {
+        let l = lines.next().ok_or_else(|| anyhow::anyhow!("serve exited"))??;
+        if let Some(rest) = l.strip_prefix("cloudmine pool: stratum+tcp://") {
+            break rest.split_whitespace().next().unwrap_or("").parse()?;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_before = rss_kib(pid);
+    let per = connections.div_ceil(processes.max(1));
+    let mut kids = Vec::new();
+    for p in 0..processes.max(1) {
+        let n = per.min(connections.saturating_sub(p * per));
+        if n == 0 {
+            break;
+        }
+        let mut k = Command::new(&exe)
+            .args(["bench", "pool-load", "--addr", &addr.to_string(), "--connections", &n.to_string()])
+            .args(["--seconds", &seconds.to_string(), "--warmup", &warmup.to_string()])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::piped())
+            .spawn()?;
+        let out = StdBufReader::new(k.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+        kids.push((k, out.lines()));
+    }
+    // Wait until every load process reports its connections authorized.
+    for (_, out) in kids.iter_mut() {
+        loop {
+            let l = out.next().ok_or_else(|| anyhow::anyhow!("load process exited early"))??;
+            if l.starts_with("ready") {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_loaded = rss_kib(pid);
+    // Start them all at once.
+    for (k, _) in kids.iter_mut() {
+        if let Some(stdin) = k.stdin.as_mut() {
+            use std::io::Write;
+            let _ = stdin.write_all(b"go\n");
+            let _ = stdin.flush();
+        }
+    }
+    let mut accepted = 0u64;
+    let mut rejected = 0u64;
+    let mut stale = 0u64;
+    let mut lat: Vec<u32> = Vec::new();
+    let mut measured_s = 0f64;
+    for (mut k, mut out) in kids {
+        for l in out.by_ref() {
+            let l = l?;
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                accepted += v["accepted"].as_u64().unwrap_or(0);
+                rejected += v["rejected"].as_u64().unwrap_or(0);
+                stale += v["stale"].as_u64().unwrap_or(0);
+                measured_s = measured_s.max(v["seconds"].as_f64().unwrap_or(0.0));
+                if let Some(a) = v["latency_us_sample"].as_array() {
+                    lat.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| u32::try_from(x).unwrap_or(u32::MAX)));
+                }
+            }
+        }
+        let _ = k.wait();
+    }
+    let rss_end = rss_kib(pid);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let per_conn = (rss_loaded.saturating_sub(rss_before)) as f64 * 1024.0 / connections as f64;
+    let report = json!({
+        "connections": connections,
+        "load_processes": processes,
+        "seconds": measured_s,
+        "accepted_shares_per_s": accepted as f64 / measured_s.max(1e-9),
+        "accepted": accepted, "rejected": rejected, "stale": stale,
+        "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0), "samples": lat.len()},
+        "server_rss_kib": {"before": rss_before, "all_authorized": rss_loaded, "end": rss_end},
+        "server_rss_bytes_per_connection": per_conn,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// One load process: `n` miners; prints `ready`, waits for `go` on stdin, runs, prints a JSON summary.
+pub async fn load(addr: SocketAddr, n: usize, seconds: u64, warmup: u64) -> anyhow::Result<()> {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let started = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (go, started, stop, measuring, counters, ready_tx) =
+            (go.clone(), started.clone(), stop.clone(), measuring.clone(), counters.clone(), ready_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            // Stagger connects a little so the accept queue is not flooded.
+            tokio::time::sleep(Duration::from_micros((i as u64 % 1000) * 50)).await;
+            miner(addr, i, go, started, stop, measuring, counters, ready_tx).await
+        }));
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    while ready < n {
+        if ready_rx.recv().await.is_none() {
+            break;
+        }
+        ready += 1;
+    }
+    println!("ready {ready}");
+    // wait for "go"
+    tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    })
+    .await?;
+    started.store(true, Ordering::SeqCst);
+    go.notify_waiters();
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+    measuring.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    let base = [counters[0].load(Ordering::Relaxed), counters[1].load(Ordering::Relaxed), counters[2].load(Ordering::Relaxed)];
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let secs = t0.elapsed().as_secs_f64();
+    measuring.store(false, Ordering::SeqCst);
+    let end = [counters[0].load(Ordering::Relaxed), counters[1].load(Ordering::Relaxed), counters[2].load(Ordering::Relaxed)];
+    stop.store(true, Ordering::SeqCst);
+    let mut lat = Vec::new();
+    for t in tasks {
+        if let Ok(Ok(mut l)) = t.await {
+            lat.append(&mut l);
+        }
+    }
+    // A bounded sample keeps the report small: every k-th latency.
+    let k = (lat.len() / 20_000).max(1);
+    let sample: Vec<u32> = lat.iter().step_by(k).copied().collect();
+    println!(
+        "{}",
+        json!({"accepted": end[0] - base[0], "rejected": end[1] - base[1], "stale": end[2] - base[2], "seconds": secs, "latency_us_sample": sample})
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn miner(
+    addr: SocketAddr,
+    i: usize,
+    go: Arc<tokio::sync::Notify>,
+    started: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+    counters: Arc<[AtomicU64; 3]>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<Vec<u32>> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let user = format!("{USER}.l{i}");
+    w.write_all(format!("{}\n{}\n", json!({"id": 1, "method": "mining.subscribe", "params": ["bench/1"]}), json!({"id": 2, "method": "mining.authorize", "params": [user, "x"]})).as_bytes()).await?;
+    let mut en1 = Vec::new();
+    let mut job: Option<(PreparedJob, mining_core::CoinbasePrefix, String, u32)> = None;
+    let mut diff = 1.0f64;
+    let mut pending_diff = 1.0f64;
+    let mut line = String::new();
+    // Handshake: until subscribed, authorized and a job arrived.
+    let mut authorized = false;
+    while job.is_none() || !authorized {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            anyhow::bail!("closed during handshake");
+        }
+        match Incoming::parse(line.trim_end().as_bytes()) {
+            Ok(Incoming::Response { id, result, .. }) => {
+                if id == json!(1) {
+                    en1 = result.get(1).and_then(Value::as_str).and_then(|s| stratum::parse_hex(s, 8)).unwrap_or_default();
+                } else if id == json!(2) {
+                    authorized = result == json!(true);
+                }
+            }
+            Ok(Incoming::Notification { method, params }) => apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff),
+            _ => {}
+        }
+    }
+    let _ = ready.send(()).await;
+    if !started.load(Ordering::SeqCst) {
+        go.notified().await;
+    }
+    let mut hasher = BatchHasher::new();
+    let mut en2 = 0u32;
+    let mut lat = Vec::new();
+    let mut id = 10u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some((pj, prefix, job_id, ntime)) = job.as_ref() else { break };
+        let target = Difficulty::from_f64(diff).unwrap_or(Difficulty::MIN).to_target();
+        let mut found = None;
+        'search: for _ in 0..1000 {
+            en2 = en2.wrapping_add(1);
+            let e = en2.to_be_bytes();
+            for nonce in 0..64u32 {
+                let c = hasher.hash_one(&ShareInput { job: pj, prefix, en2: &e, ntime: *ntime, nonce, version: pj.version });
+                if c.meets(target) && !c.meets(pj.network_target) {
+                    found = Some((e, nonce));
+                    break 'search;
+                }
+            }
+        }
+        let Some((e, nonce)) = found else { break };
+        id += 1;
+        let submit = json!({"id": id, "method": "mining.submit", "params": [user, job_id, stratum::to_hex(&e), format!("{ntime:08x}"), format!("{nonce:08x}")]});
+        let t = Instant::now();
+        w.write_all(format!("{submit}\n").as_bytes()).await?;
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await? == 0 {
+                return Ok(lat);
+            }
+            match Incoming::parse(line.trim_end().as_bytes()) {
+                Ok(Incoming::Response { result, error, .. }) => {
+                    let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+                    if measuring.load(Ordering::Relaxed) {
+                        lat.push(us);
+                        let slot = if result == json!(true) { 0 } else if error.get(0) == Some(&json!(21)) { 2 } else { 1 };
+                        counters[slot].fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                Ok(Incoming::Notification { method, params }) => apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff),
+                _ => {}
+            }
+        }
+    }
+    Ok(lat)
+}
+
+fn apply(
+    method: &str,
+    params: &[Value],
+    en1: &[u8],
+    job: &mut Option<(PreparedJob, mining_core::CoinbasePrefix, String, u32)>,
+    diff: &mut f64,
+    pending: &mut f64,
+) {
+    match ServerMessage::parse(method, params) {
+        Ok(Some(ServerMessage::SetDifficulty(d))) => *pending = d,
+        Ok(Some(ServerMessage::Notify(n))) => {
+            if let Ok(pj) = PreparedJob::new(n.coinb1, n.coinb2, n.merkle_branch, n.version, prevhash_from_stratum(&n.prevhash), n.nbits, n.ntime) {
+                let prefix = pj.prefix(en1);
+                *job = Some((pj, prefix, n.job_id, n.ntime));
+                *diff = *pending;
+            }
+        }
+        _ => {}
+    }
+}
