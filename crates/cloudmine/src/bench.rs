@@ -58,10 +58,18 @@ pub enum BenchCmd {
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Validate { runs, seconds, batch } => validate(runs.max(1), seconds, batch.max(1)),
-        BenchCmd::Pool { connections, processes, seconds, warmup } => {
-            crate::loadgen::orchestrate(connections.max(1), processes.max(1), seconds, warmup)
-        }
-        BenchCmd::PoolLoad { addr, connections, seconds, warmup } => tokio::runtime::Builder::new_multi_thread()
+        BenchCmd::Pool {
+            connections,
+            processes,
+            seconds,
+            warmup,
+        } => crate::loadgen::orchestrate(connections.max(1), processes.max(1), seconds, warmup),
+        BenchCmd::PoolLoad {
+            addr,
+            connections,
+            seconds,
+            warmup,
+        } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?

@@ -29,15 +29,35 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
     let dir = std::env::temp_dir().join(format!("cloudmine-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut server = Command::new(&exe)
-        .args(["serve", "--stratum-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--status-interval", "0"])
-        .args(["--start-difficulty", "0.0000000003", "--min-difficulty", "0.0000000003", "--max-difficulty", "0.0000000003"])
-        .args(["--connections-max", &(connections + 100).to_string(), "--data-dir"])
+        .args([
+            "serve",
+            "--stratum-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--status-interval",
+            "0",
+        ])
+        .args([
+            "--start-difficulty",
+            "0.0000000003",
+            "--min-difficulty",
+            "0.0000000003",
+            "--max-difficulty",
+            "0.0000000003",
+        ])
+        .args([
+            "--connections-max",
+            &(connections + 100).to_string(),
+            "--data-dir",
+        ])
         .arg(&dir)
         .env("CLOUDMINE_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()?;
     let pid = server.id();
-    let mut lines = StdBufReader::new(server.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
+    let mut lines =
+        StdBufReader::new(server.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
     let addr: SocketAddr = loop {
         let l = lines.next().ok_or_else(|| anyhow::anyhow!("serve exited"))??;
         if let Some(rest) = l.strip_prefix("cloudmine pool: stratum+tcp://") {
@@ -55,7 +75,14 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
             break;
         }
         let mut k = Command::new(&exe)
-            .args(["bench", "pool-load", "--addr", &addr.to_string(), "--connections", &n.to_string()])
+            .args([
+                "bench",
+                "pool-load",
+                "--addr",
+                &addr.to_string(),
+                "--connections",
+                &n.to_string(),
+            ])
             .args(["--seconds", &seconds.to_string(), "--warmup", &warmup.to_string()])
             .stdout(Stdio::piped())
             .stdin(Stdio::piped())
@@ -66,7 +93,9 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
     // Wait until every load process reports its connections authorized.
     for (_, out) in kids.iter_mut() {
         loop {
-            let l = out.next().ok_or_else(|| anyhow::anyhow!("load process exited early"))??;
+            let l = out
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("load process exited early"))??;
             if l.starts_with("ready") {
                 break;
             }
@@ -96,7 +125,11 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
                 stale += v["stale"].as_u64().unwrap_or(0);
                 measured_s = measured_s.max(v["seconds"].as_f64().unwrap_or(0.0));
                 if let Some(a) = v["latency_us_sample"].as_array() {
-                    lat.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| u32::try_from(x).unwrap_or(u32::MAX)));
+                    lat.extend(
+                        a.iter()
+                            .filter_map(|x| x.as_u64())
+                            .map(|x| u32::try_from(x).unwrap_or(u32::MAX)),
+                    );
                 }
             }
         }
@@ -107,7 +140,12 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     let per_conn = (rss_loaded.saturating_sub(rss_before)) as f64 * 1024.0 / connections as f64;
     let report = json!({
         "connections": connections,
@@ -126,7 +164,11 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -140,8 +182,14 @@ pub async fn load(addr: SocketAddr, n: usize, seconds: u64, warmup: u64) -> anyh
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let (go, started, stop, measuring, counters, ready_tx) =
-            (go.clone(), started.clone(), stop.clone(), measuring.clone(), counters.clone(), ready_tx.clone());
+        let (go, started, stop, measuring, counters, ready_tx) = (
+            go.clone(),
+            started.clone(),
+            stop.clone(),
+            measuring.clone(),
+            counters.clone(),
+            ready_tx.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // Stagger connects a little so the accept queue is not flooded.
             tokio::time::sleep(Duration::from_micros((i as u64 % 1000) * 50)).await;
@@ -168,11 +216,19 @@ pub async fn load(addr: SocketAddr, n: usize, seconds: u64, warmup: u64) -> anyh
     tokio::time::sleep(Duration::from_secs(warmup)).await;
     measuring.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
-    let base = [counters[0].load(Ordering::Relaxed), counters[1].load(Ordering::Relaxed), counters[2].load(Ordering::Relaxed)];
+    let base = [
+        counters[0].load(Ordering::Relaxed),
+        counters[1].load(Ordering::Relaxed),
+        counters[2].load(Ordering::Relaxed),
+    ];
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let secs = t0.elapsed().as_secs_f64();
     measuring.store(false, Ordering::SeqCst);
-    let end = [counters[0].load(Ordering::Relaxed), counters[1].load(Ordering::Relaxed), counters[2].load(Ordering::Relaxed)];
+    let end = [
+        counters[0].load(Ordering::Relaxed),
+        counters[1].load(Ordering::Relaxed),
+        counters[2].load(Ordering::Relaxed),
+    ];
     stop.store(true, Ordering::SeqCst);
     let mut lat = Vec::new();
     for t in tasks {
@@ -206,7 +262,15 @@ async fn miner(
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     let user = format!("{USER}.l{i}");
-    w.write_all(format!("{}\n{}\n", json!({"id": 1, "method": "mining.subscribe", "params": ["bench/1"]}), json!({"id": 2, "method": "mining.authorize", "params": [user, "x"]})).as_bytes()).await?;
+    w.write_all(
+        format!(
+            "{}\n{}\n",
+            json!({"id": 1, "method": "mining.subscribe", "params": ["bench/1"]}),
+            json!({"id": 2, "method": "mining.authorize", "params": [user, "x"]})
+        )
+        .as_bytes(),
+    )
+    .await?;
     let mut en1 = Vec::new();
     let mut job: Option<(PreparedJob, mining_core::CoinbasePrefix, String, u32)> = None;
     let mut diff = 1.0f64;
@@ -222,12 +286,18 @@ async fn miner(
         match Incoming::parse(line.trim_end().as_bytes()) {
             Ok(Incoming::Response { id, result, .. }) => {
                 if id == json!(1) {
-                    en1 = result.get(1).and_then(Value::as_str).and_then(|s| stratum::parse_hex(s, 8)).unwrap_or_default();
+                    en1 = result
+                        .get(1)
+                        .and_then(Value::as_str)
+                        .and_then(|s| stratum::parse_hex(s, 8))
+                        .unwrap_or_default();
                 } else if id == json!(2) {
                     authorized = result == json!(true);
                 }
             }
-            Ok(Incoming::Notification { method, params }) => apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff),
+            Ok(Incoming::Notification { method, params }) => {
+                apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff)
+            }
             _ => {}
         }
     }
@@ -240,14 +310,23 @@ async fn miner(
     let mut lat = Vec::new();
     let mut id = 10u64;
     while !stop.load(Ordering::Relaxed) {
-        let Some((pj, prefix, job_id, ntime)) = job.as_ref() else { break };
+        let Some((pj, prefix, job_id, ntime)) = job.as_ref() else {
+            break;
+        };
         let target = Difficulty::from_f64(diff).unwrap_or(Difficulty::MIN).to_target();
         let mut found = None;
         'search: for _ in 0..1000 {
             en2 = en2.wrapping_add(1);
             let e = en2.to_be_bytes();
             for nonce in 0..64u32 {
-                let c = hasher.hash_one(&ShareInput { job: pj, prefix, en2: &e, ntime: *ntime, nonce, version: pj.version });
+                let c = hasher.hash_one(&ShareInput {
+                    job: pj,
+                    prefix,
+                    en2: &e,
+                    ntime: *ntime,
+                    nonce,
+                    version: pj.version,
+                });
                 if c.meets(target) && !c.meets(pj.network_target) {
                     found = Some((e, nonce));
                     break 'search;
@@ -269,12 +348,20 @@ async fn miner(
                     let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
                     if measuring.load(Ordering::Relaxed) {
                         lat.push(us);
-                        let slot = if result == json!(true) { 0 } else if error.get(0) == Some(&json!(21)) { 2 } else { 1 };
+                        let slot = if result == json!(true) {
+                            0
+                        } else if error.get(0) == Some(&json!(21)) {
+                            2
+                        } else {
+                            1
+                        };
                         counters[slot].fetch_add(1, Ordering::Relaxed);
                     }
                     break;
                 }
-                Ok(Incoming::Notification { method, params }) => apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff),
+                Ok(Incoming::Notification { method, params }) => {
+                    apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff)
+                }
                 _ => {}
             }
         }
@@ -293,7 +380,15 @@ fn apply(
     match ServerMessage::parse(method, params) {
         Ok(Some(ServerMessage::SetDifficulty(d))) => *pending = d,
         Ok(Some(ServerMessage::Notify(n))) => {
-            if let Ok(pj) = PreparedJob::new(n.coinb1, n.coinb2, n.merkle_branch, n.version, prevhash_from_stratum(&n.prevhash), n.nbits, n.ntime) {
+            if let Ok(pj) = PreparedJob::new(
+                n.coinb1,
+                n.coinb2,
+                n.merkle_branch,
+                n.version,
+                prevhash_from_stratum(&n.prevhash),
+                n.nbits,
+                n.ntime,
+            ) {
                 let prefix = pj.prefix(en1);
                 *job = Some((pj, prefix, n.job_id, n.ntime));
                 *diff = *pending;

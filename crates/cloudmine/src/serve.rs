@@ -187,7 +187,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     cfg.connections_max = args.connections_max.max(1);
     cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);
     cfg.vardiff.max = units::Difficulty::from_f64(args.max_difficulty).context("--max-difficulty")?;
-    anyhow::ensure!(cfg.vardiff.min <= cfg.vardiff.max, "--min-difficulty is above --max-difficulty");
+    anyhow::ensure!(
+        cfg.vardiff.min <= cfg.vardiff.max,
+        "--min-difficulty is above --max-difficulty"
+    );
     let db = args.data_dir.join("pool.sqlite");
     let (log, writer) = pool::share_log::ShareLog::open(&db).await?;
     let pool = Pool::start(cfg, backend.clone(), log, args.stratum_listen)

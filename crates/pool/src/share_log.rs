@@ -206,51 +206,59 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
     }
 }
 
+/// Rows per multi-row INSERT (10 bound values each; SQLite allows 32,766 variables per statement).
+pub const ROWS_PER_INSERT: usize = 1_000;
+
 async fn commit(
     db: &SqlitePool,
     batch: &[(Record, oneshot::Sender<Result<(), LogError>>)],
 ) -> Result<(), LogError> {
     let err = |e: sqlx::Error| LogError(e.to_string());
-    let mut tx = db.begin().await.map_err(err)?;
+    let mut shares = Vec::with_capacity(batch.len());
+    let mut blocks = Vec::new();
     for (r, _) in batch {
         match r {
             Record::Share(s) => {
                 let p = s.difficulty.to_fixed();
                 let int = i64::try_from(p >> 32).map_err(|_| LogError("difficulty too large".into()))?;
                 let frac = i64::try_from(p & 0xffff_ffff).unwrap_or(0);
-                sqlx::query(
-                    "INSERT INTO shares (ts_ms, address, worker, job_id, diff_int, diff_frac, extranonce1, extranonce2, header, is_block)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(s.ts_ms)
-                .bind(&s.address)
-                .bind(&s.worker)
-                .bind(s.job_id)
-                .bind(int)
-                .bind(frac)
-                .bind(&s.extranonce1)
-                .bind(&s.extranonce2)
-                .bind(&s.header[..])
-                .bind(s.is_block)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+                shares.push((s, int, frac));
             }
-            Record::Block(b) => {
-                sqlx::query(
-                    "INSERT INTO blocks (ts_ms, height, hash, finder, block, fate) VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(b.ts_ms)
-                .bind(i64::from(b.height))
-                .bind(&b.hash)
-                .bind(&b.finder)
-                .bind(&b.block)
-                .bind(&b.fate)
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-            }
+            Record::Block(b) => blocks.push(b),
         }
+    }
+    let mut tx = db.begin().await.map_err(err)?;
+    for chunk in shares.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO shares (ts_ms, address, worker, job_id, diff_int, diff_frac, extranonce1, extranonce2, header, is_block) ",
+        );
+        q.push_values(chunk, |mut b, (s, int, frac)| {
+            b.push_bind(s.ts_ms)
+                .push_bind(s.address.as_str())
+                .push_bind(s.worker.as_str())
+                .push_bind(s.job_id)
+                .push_bind(*int)
+                .push_bind(*frac)
+                .push_bind(s.extranonce1.as_slice())
+                .push_bind(s.extranonce2.as_slice())
+                .push_bind(&s.header[..])
+                .push_bind(s.is_block);
+        });
+        q.build().execute(&mut *tx).await.map_err(err)?;
+    }
+    for b in blocks {
+        sqlx::query(
+            "INSERT INTO blocks (ts_ms, height, hash, finder, block, fate) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(b.ts_ms)
+        .bind(i64::from(b.height))
+        .bind(&b.hash)
+        .bind(&b.finder)
+        .bind(&b.block)
+        .bind(&b.fate)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
     }
     tx.commit().await.map_err(err)
 }
