@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the whole platform: chain backend (embedded dev chain by default) and the Stratum pool.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run the embedded dev chain with its Bitcoin Core JSON-RPC face.
     Node(node::NodeArgs),
     /// Benchmarks that print figures (see BENCHMARKS.md).
@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => runtime()?.block_on(serve::run(args)),
+        Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
         Command::Node(args) => runtime()?.block_on(node::run(args)),
         Command::Bench { what } => bench::run(what),
     }
