@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stratum::framing::LineBuffer;
 use stratum::{ClientRequest, Incoming};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -246,7 +246,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let shared2 = shared.clone();
         let token2 = token.clone();
-        tracker.spawn(async move {
+        let fut = async move {
             shared2.stats.connections.fetch_add(1, Ordering::Relaxed);
             let reason = connection(&shared2, stream, token2).await;
             tracing::debug!(%peer, reason, "connection closed");
@@ -259,7 +259,8 @@ async fn accept_loop(
                 }
             }
             drop(permit);
-        });
+        };
+        tracker.spawn(fut);
     }
 }
 
@@ -271,7 +272,6 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
     let mut lines = LineBuffer::new(shared.cfg.line_bytes_max);
     let mut jobs = shared.jobs.clone();
     jobs.borrow_and_update();
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
     let mut last_activity = Instant::now();
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut out = String::new();
@@ -296,10 +296,25 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                     for l in session.work_lines(shared, &set, false) { out.push_str(&l); }
                 }
             }
-            r = stream.read(&mut chunk) => {
-                let n = match r { Ok(0) | Err(_) => return "peer closed", Ok(n) => n };
+            r = stream.readable() => {
+                if r.is_err() { return "peer closed"; }
+                // Read into the heap line buffer in a block with no `.await`, so the stack chunk is not
+                // part of the connection's resting future (that keeps idle connections small).
+                let read = {
+                    let mut chunk = [0u8; READ_CHUNK_BYTES];
+                    match stream.try_read(&mut chunk) {
+                        Ok(0) => Err("peer closed"),
+                        Ok(n) => { lines.extend(chunk.get(..n).unwrap_or(&[])); Ok(true) }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+                        Err(_) => Err("peer closed"),
+                    }
+                };
+                match read {
+                    Err(reason) => return reason,
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                }
                 last_activity = Instant::now();
-                lines.extend(chunk.get(..n).unwrap_or(&[]));
                 loop {
                     let line = match lines.next_line() {
                         Ok(Some(l)) => l.to_vec(),
@@ -311,12 +326,13 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                     };
                     let outcome = match Incoming::parse(&line) {
                         Ok(Incoming::Request { id, method, params }) => match ClientRequest::parse(&method, &params) {
-                            Ok(req) => session.handle(shared, id, req, now_ms()).await,
+                            // Boxed: the handler's state exists only while a request is in flight.
+                            Ok(req) => Box::pin(session.handle(shared, id, req, now_ms())).await,
                             Err(e) => { shared.stats.rejected.fetch_add(1, Ordering::Relaxed); session.malformed(shared, &id, &e.to_string()) }
                         },
                         // A notification (id null) is acted on and never answered, even when malformed.
                         Ok(Incoming::Notification { method, params }) => match ClientRequest::parse(&method, &params) {
-                            Ok(req) => session.handle(shared, serde_json::Value::Null, req, now_ms()).await,
+                            Ok(req) => Box::pin(session.handle(shared, serde_json::Value::Null, req, now_ms())).await,
                             Err(_) => { shared.stats.rejected.fetch_add(1, Ordering::Relaxed); crate::session::Outcome::default() }
                         },
                         Ok(Incoming::Response { .. }) => crate::session::Outcome::default(),
@@ -347,10 +363,8 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
             if stream.write_all(out.as_bytes()).await.is_err() {
                 return "write failed";
             }
-            out.clear();
-            if out.capacity() > 64 * 1024 {
-                out = String::new();
-            }
+            // Release the buffer: an idle connection holds no write buffer.
+            out = String::new();
         }
     }
 }
