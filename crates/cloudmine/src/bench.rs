@@ -35,6 +35,9 @@ pub enum BenchCmd {
         /// Seconds of load before measuring.
         #[arg(long, default_value_t = 10)]
         warmup: u64,
+        /// Shares per second per connection (0: as fast as replies come back).
+        #[arg(long, default_value_t = 0.0)]
+        share_rate: f64,
     },
     /// (internal) one load process of `bench pool`.
     #[command(hide = true)]
@@ -51,6 +54,9 @@ pub enum BenchCmd {
         /// Seconds of warm-up.
         #[arg(long)]
         warmup: u64,
+        /// Shares per second per connection (0: unpaced).
+        #[arg(long, default_value_t = 0.0)]
+        share_rate: f64,
     },
 }
 
@@ -63,17 +69,25 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             processes,
             seconds,
             warmup,
-        } => crate::loadgen::orchestrate(connections.max(1), processes.max(1), seconds, warmup),
+            share_rate,
+        } => crate::loadgen::orchestrate(connections.max(1), processes.max(1), seconds, warmup, share_rate),
         BenchCmd::PoolLoad {
             addr,
             connections,
             seconds,
             warmup,
+            share_rate,
         } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?
-            .block_on(crate::loadgen::load(addr, connections, seconds, warmup)),
+            .block_on(crate::loadgen::load(
+                addr,
+                connections,
+                seconds,
+                warmup,
+                share_rate,
+            )),
     }
 }
 

@@ -24,7 +24,13 @@ use units::Difficulty;
 const USER: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
 
 /// Orchestrates a run and prints the figures.
-pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u64) -> anyhow::Result<()> {
+pub fn orchestrate(
+    connections: usize,
+    processes: usize,
+    seconds: u64,
+    warmup: u64,
+    share_rate: f64,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cloudmine-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -83,7 +89,14 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
                 "--connections",
                 &n.to_string(),
             ])
-            .args(["--seconds", &seconds.to_string(), "--warmup", &warmup.to_string()])
+            .args([
+                "--seconds",
+                &seconds.to_string(),
+                "--warmup",
+                &warmup.to_string(),
+                "--share-rate",
+                &share_rate.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stdin(Stdio::piped())
             .spawn()?;
@@ -149,6 +162,7 @@ pub fn orchestrate(connections: usize, processes: usize, seconds: u64, warmup: u
     let per_conn = (rss_loaded.saturating_sub(rss_before)) as f64 * 1024.0 / connections as f64;
     let report = json!({
         "connections": connections,
+        "share_rate_per_connection": share_rate,
         "load_processes": processes,
         "seconds": measured_s,
         "accepted_shares_per_s": accepted as f64 / measured_s.max(1e-9),
@@ -173,7 +187,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// One load process: `n` miners; prints `ready`, waits for `go` on stdin, runs, prints a JSON summary.
-pub async fn load(addr: SocketAddr, n: usize, seconds: u64, warmup: u64) -> anyhow::Result<()> {
+pub async fn load(
+    addr: SocketAddr,
+    n: usize,
+    seconds: u64,
+    warmup: u64,
+    share_rate: f64,
+) -> anyhow::Result<()> {
     let go = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -193,7 +213,10 @@ pub async fn load(addr: SocketAddr, n: usize, seconds: u64, warmup: u64) -> anyh
         tasks.push(tokio::spawn(async move {
             // Stagger connects a little so the accept queue is not flooded.
             tokio::time::sleep(Duration::from_micros((i as u64 % 1000) * 50)).await;
-            miner(addr, i, go, started, stop, measuring, counters, ready_tx).await
+            miner(
+                addr, i, go, started, stop, measuring, counters, ready_tx, share_rate,
+            )
+            .await
         }));
     }
     drop(ready_tx);
@@ -256,7 +279,10 @@ async fn miner(
     measuring: Arc<AtomicBool>,
     counters: Arc<[AtomicU64; 3]>,
     ready: tokio::sync::mpsc::Sender<()>,
+    share_rate: f64,
 ) -> anyhow::Result<Vec<u32>> {
+    // Paced miners start at a random phase and then submit every 1/rate seconds.
+    let period = (share_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / share_rate));
     let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let (r, mut w) = s.into_split();
@@ -309,7 +335,13 @@ async fn miner(
     let mut en2 = 0u32;
     let mut lat = Vec::new();
     let mut id = 10u64;
+    let mut next_at =
+        tokio::time::Instant::now() + period.map_or(Duration::ZERO, |p| p.mul_f64((i % 997) as f64 / 997.0));
     while !stop.load(Ordering::Relaxed) {
+        if let Some(p) = period {
+            tokio::time::sleep_until(next_at).await;
+            next_at += p;
+        }
         let Some((pj, prefix, job_id, ntime)) = job.as_ref() else {
             break;
         };
