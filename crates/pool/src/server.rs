@@ -282,7 +282,13 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
             (start + shared.cfg.handshake_deadline).min(last_activity + shared.cfg.idle_timeout)
         };
         tokio::select! {
-            () = token.cancelled() => return "shutdown",
+            () = token.cancelled() => {
+                // Tell the miner to come back (ckpool sends `client.reconnect []` the same way);
+                // a miner that ignores it reconnects on the closed socket anyway.
+                out.push_str(&stratum::ServerMessage::Reconnect { host: None, port: None, wait_s: 0 }.to_line());
+                let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(out.as_bytes())).await;
+                return "shutdown";
+            }
             () = tokio::time::sleep_until(deadline.into()) => {
                 return if session.ready() { "idle timeout" } else { "handshake deadline" };
             }

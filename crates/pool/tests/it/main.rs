@@ -275,7 +275,19 @@ async fn limits_close_offenders_only() {
     let (p, _) = good.find_share(&format!("{ADDR}.good"), false);
     let r = good.submit(json!(99), &p).await;
     assert!(verdict(&r).is_ok() || r["error"][0] == 21, "{r}");
-    h.pool.shutdown().await;
+    // graceful shutdown tells connected miners to reconnect
+    let stopping = tokio::spawn(async move { h.pool.shutdown().await });
+    let mut saw_reconnect = false;
+    while let Some(v) = good.next().await {
+        if v["method"] == "client.reconnect" {
+            saw_reconnect = true;
+        }
+    }
+    assert!(
+        saw_reconnect,
+        "no client.reconnect before the shutdown closed the connection"
+    );
+    stopping.await.unwrap();
 }
 
 /// Reads until a reply or EOF: `Some(reply)` or `None` when the pool closed the connection.
