@@ -1,11 +1,12 @@
 //! `cloudmine`: one binary, clap subcommands. `main` parses flags and dispatches; the work lives in the crates.
 
 mod bench;
+mod config;
 mod loadgen;
 mod node;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,14 +14,15 @@ use clap::{Parser, Subcommand};
     version,
     about = "Self-hostable cloud-mining platform: dev chain, pool, miner, ledger"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+pub(crate) enum Command {
     /// Run the whole platform: chain backend (embedded dev chain by default) and the Stratum pool.
+    #[command(args_override_self = true)]
     Serve(Box<serve::ServeArgs>),
     /// Run the embedded dev chain with its Bitcoin Core JSON-RPC face.
     Node(node::NodeArgs),
@@ -32,7 +34,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(config::expand(std::env::args_os().collect(), &Cli::command())?);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLOUDMINE_LOG")

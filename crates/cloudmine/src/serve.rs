@@ -34,6 +34,10 @@ pub enum Scheme {
 /// Flags of `cloudmine serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
+    /// TOML file of settings: keys are these flags' names (`stratum_listen = "0.0.0.0:3333"`); flags given
+    /// on the command line win. Secrets belong in the environment (CLOUDMINE_BITCOIND_AUTH, …).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Data directory (dev chain files, pool.sqlite).
     #[arg(long, default_value = "./cloudmine-data", env = "CLOUDMINE_DATA_DIR")]
     pub data_dir: PathBuf,
