@@ -55,6 +55,10 @@ pub fn orchestrate(
         .args([
             "--connections-max",
             &(connections + 100).to_string(),
+            "--dev-rpc-listen",
+            "127.0.0.1:0",
+            "--dev-rpc-auth",
+            "bench:bench",
             "--data-dir",
         ])
         .arg(&dir)
@@ -64,8 +68,12 @@ pub fn orchestrate(
     let pid = server.id();
     let mut lines =
         StdBufReader::new(server.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
+    let mut rpc_url = String::new();
     let addr: SocketAddr = loop {
         let l = lines.next().ok_or_else(|| anyhow::anyhow!("serve exited"))??;
+        if let Some(rest) = l.strip_prefix("dev chain JSON-RPC on ") {
+            rpc_url = format!("{}/", rest.trim());
+        }
         if let Some(rest) = l.strip_prefix("cloudmine pool: stratum+tcp://") {
             break rest.split_whitespace().next().unwrap_or("").parse()?;
         }
@@ -116,6 +124,17 @@ pub fn orchestrate(
     }
     std::thread::sleep(Duration::from_millis(500));
     let rss_loaded = rss_kib(pid);
+    // A new block while every connection is idle: how fast does the clean_jobs notify reach all of them?
+    let trigger_us = unix_us();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mined = rt.block_on(async {
+        let c = core_rpc::RpcClient::new(&rpc_url, core_rpc::Auth::UserPass("bench".into(), "bench".into()))?;
+        c.call("generatetoaddress", json!([1, USER])).await.map_err(anyhow::Error::from)
+    });
+    if let Err(e) = mined {
+        eprintln!("could not trigger a block for the notify measurement: {e}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
     // Start them all at once.
     for (k, _) in kids.iter_mut() {
         if let Some(stdin) = k.stdin.as_mut() {
@@ -129,6 +148,9 @@ pub fn orchestrate(
     let mut stale = 0u64;
     let mut lat: Vec<u32> = Vec::new();
     let mut measured_s = 0f64;
+    let mut clean_first = u64::MAX;
+    let mut clean_last = 0u64;
+    let mut clean_n = 0u64;
     for (mut k, mut out) in kids {
         for l in out.by_ref() {
             let l = l?;
@@ -137,6 +159,11 @@ pub fn orchestrate(
                 rejected += v["rejected"].as_u64().unwrap_or(0);
                 stale += v["stale"].as_u64().unwrap_or(0);
                 measured_s = measured_s.max(v["seconds"].as_f64().unwrap_or(0.0));
+                if let (Some(f), Some(l)) = (v["clean_first_us"].as_u64(), v["clean_last_us"].as_u64()) {
+                    clean_first = clean_first.min(f);
+                    clean_last = clean_last.max(l);
+                    clean_n += v["clean_received"].as_u64().unwrap_or(0);
+                }
                 if let Some(a) = v["latency_us_sample"].as_array() {
                     lat.extend(
                         a.iter()
@@ -170,9 +197,19 @@ pub fn orchestrate(
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0), "samples": lat.len()},
         "server_rss_kib": {"before": rss_before, "all_authorized": rss_loaded, "end": rss_end},
         "server_rss_bytes_per_connection": per_conn,
+        "clean_jobs_notify": {
+            "connections_reached": clean_n,
+            "trigger_to_first_ms": clean_first.saturating_sub(trigger_us) as f64 / 1000.0,
+            "trigger_to_last_ms": clean_last.saturating_sub(trigger_us) as f64 / 1000.0,
+            "first_to_last_ms": clean_last.saturating_sub(clean_first.min(clean_last)) as f64 / 1000.0,
+        },
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -199,6 +236,8 @@ pub async fn load(
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    // clean_jobs arrivals while idle: [count, first unix µs, last unix µs]
+    let clean = Arc::new([AtomicU64::new(0), AtomicU64::new(u64::MAX), AtomicU64::new(0)]);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
@@ -210,11 +249,12 @@ pub async fn load(
             counters.clone(),
             ready_tx.clone(),
         );
+        let clean = clean.clone();
         tasks.push(tokio::spawn(async move {
             // Stagger connects a little so the accept queue is not flooded.
             tokio::time::sleep(Duration::from_micros((i as u64 % 1000) * 50)).await;
             miner(
-                addr, i, go, started, stop, measuring, counters, ready_tx, share_rate,
+                addr, i, go, started, stop, measuring, counters, ready_tx, share_rate, clean,
             )
             .await
         }));
@@ -264,7 +304,8 @@ pub async fn load(
     let sample: Vec<u32> = lat.iter().step_by(k).copied().collect();
     println!(
         "{}",
-        json!({"accepted": end[0] - base[0], "rejected": end[1] - base[1], "stale": end[2] - base[2], "seconds": secs, "latency_us_sample": sample})
+        json!({"accepted": end[0] - base[0], "rejected": end[1] - base[1], "stale": end[2] - base[2], "seconds": secs, "latency_us_sample": sample,
+               "clean_received": clean[0].load(Ordering::Relaxed), "clean_first_us": clean[1].load(Ordering::Relaxed), "clean_last_us": clean[2].load(Ordering::Relaxed)})
     );
     Ok(())
 }
@@ -280,6 +321,7 @@ async fn miner(
     counters: Arc<[AtomicU64; 3]>,
     ready: tokio::sync::mpsc::Sender<()>,
     share_rate: f64,
+    clean: Arc<[AtomicU64; 3]>,
 ) -> anyhow::Result<Vec<u32>> {
     // Paced miners start at a random phase and then submit every 1/rate seconds.
     let period = (share_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / share_rate));
@@ -328,8 +370,28 @@ async fn miner(
         }
     }
     let _ = ready.send(()).await;
+    // Idle until "go", but watch for the clean_jobs notify the orchestrator's block triggers.
     if !started.load(Ordering::SeqCst) {
-        go.notified().await;
+        let notified = go.notified();
+        tokio::pin!(notified);
+        loop {
+            line.clear();
+            tokio::select! {
+                () = &mut notified => break,
+                r = r.read_line(&mut line) => {
+                    if r? == 0 { anyhow::bail!("closed while idle"); }
+                    if let Ok(Incoming::Notification { method, params }) = Incoming::parse(line.trim_end().as_bytes()) {
+                        if method == "mining.notify" && params.last() == Some(&json!(true)) {
+                            let t = unix_us();
+                            clean[0].fetch_add(1, Ordering::Relaxed);
+                            clean[1].fetch_min(t, Ordering::Relaxed);
+                            clean[2].fetch_max(t, Ordering::Relaxed);
+                        }
+                        apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff);
+                    }
+                }
+            }
+        }
     }
     let mut hasher = BatchHasher::new();
     let mut en2 = 0u32;
