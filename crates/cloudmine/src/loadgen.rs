@@ -126,10 +126,14 @@ pub fn orchestrate(
     let rss_loaded = rss_kib(pid);
     // A new block while every connection is idle: how fast does the clean_jobs notify reach all of them?
     let trigger_us = unix_us();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mined = rt.block_on(async {
         let c = core_rpc::RpcClient::new(&rpc_url, core_rpc::Auth::UserPass("bench".into(), "bench".into()))?;
-        c.call("generatetoaddress", json!([1, USER])).await.map_err(anyhow::Error::from)
+        c.call("generatetoaddress", json!([1, USER]))
+            .await
+            .map_err(anyhow::Error::from)
     });
     if let Err(e) = mined {
         eprintln!("could not trigger a block for the notify measurement: {e}");
@@ -209,7 +213,10 @@ pub fn orchestrate(
 }
 
 fn unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -371,6 +378,7 @@ async fn miner(
     }
     let _ = ready.send(()).await;
     // Idle until "go", but watch for the clean_jobs notify the orchestrator's block triggers.
+    let mut deferred: Vec<String> = Vec::new();
     if !started.load(Ordering::SeqCst) {
         let notified = go.notified();
         tokio::pin!(notified);
@@ -380,17 +388,22 @@ async fn miner(
                 () = &mut notified => break,
                 r = r.read_line(&mut line) => {
                     if r? == 0 { anyhow::bail!("closed while idle"); }
-                    if let Ok(Incoming::Notification { method, params }) = Incoming::parse(line.trim_end().as_bytes()) {
-                        if method == "mining.notify" && params.last() == Some(&json!(true)) {
-                            let t = unix_us();
-                            clean[0].fetch_add(1, Ordering::Relaxed);
-                            clean[1].fetch_min(t, Ordering::Relaxed);
-                            clean[2].fetch_max(t, Ordering::Relaxed);
-                        }
-                        apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff);
+                    // Timestamp on arrival with a cheap check; parse later, so the load generator's own
+                    // CPU (one thread serving thousands of sockets) does not inflate later timestamps.
+                    if line.contains("\"mining.notify\"") && line.trim_end().ends_with("true]}") {
+                        let t = unix_us();
+                        clean[0].fetch_add(1, Ordering::Relaxed);
+                        clean[1].fetch_min(t, Ordering::Relaxed);
+                        clean[2].fetch_max(t, Ordering::Relaxed);
                     }
+                    deferred.push(std::mem::take(&mut line));
                 }
             }
+        }
+    }
+    for l in deferred {
+        if let Ok(Incoming::Notification { method, params }) = Incoming::parse(l.trim_end().as_bytes()) {
+            apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff);
         }
     }
     let mut hasher = BatchHasher::new();

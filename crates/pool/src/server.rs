@@ -20,7 +20,7 @@ pub use crate::stats::PoolStats;
 use chain::Backend;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stratum::framing::LineBuffer;
@@ -155,8 +155,6 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
-
 async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: bool) {
     match shared.backend.template().await {
         Ok(t) => {
@@ -164,7 +162,7 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
             let clean = clean || cur.newest().is_none_or(|j| j.prev_hash() != t.prev_hash);
             let now = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
             let job = Arc::new(Job::new(
-                NEXT_JOB.fetch_add(1, Ordering::Relaxed),
+                crate::jobs::NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed),
                 Arc::new(t),
                 clean,
                 shared.cfg.coinbase_tag.clone(),

@@ -58,7 +58,6 @@ pub struct Session {
     extranonce_subscribed: bool,
     vardiff: Vardiff,
     sent_difficulty: Option<Difficulty>,
-    next_job_id: u64,
     jobs: VecDeque<ConnJob>,
     seen: HashMap<u64, HashSet<ShareKey>>,
     hasher: BatchHasher,
@@ -81,7 +80,6 @@ impl Session {
             extranonce_subscribed: false,
             vardiff: Vardiff::new(shared.cfg.vardiff, shared.cfg.initial_difficulty, now_ms),
             sent_difficulty: None,
-            next_job_id: 1,
             jobs: VecDeque::new(),
             seen: HashMap::new(),
             hasher: BatchHasher::new(),
@@ -284,12 +282,20 @@ impl Session {
             lines.push(ServerMessage::SetDifficulty(d.to_f64()).to_line());
             self.sent_difficulty = Some(d);
         }
-        let id = self.next_job_id;
-        self.next_job_id += 1;
-        let mut n = cb.notify.clone();
-        n.job_id = id.to_string();
-        n.clean_jobs = clean;
-        lines.push(ServerMessage::Notify(n).to_line());
+        // First send of this job on this connection: the shared, preformatted line with the global id.
+        // A re-send (new difficulty on the same job) needs its own id, from the same global counter.
+        let first_send = !self.jobs.iter().any(|j| j.job.id == job.id);
+        let id = if first_send {
+            lines.push(cb.lines[usize::from(clean)].clone());
+            job.id
+        } else {
+            let id = crate::jobs::NEXT_JOB_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut n = cb.notify.clone();
+            n.job_id = id.to_string();
+            n.clean_jobs = clean;
+            lines.push(ServerMessage::Notify(n).to_line());
+            id
+        };
         let prefix = cb.prepared.prefix(&self.en1);
         self.jobs.push_back(ConnJob {
             id,
