@@ -262,6 +262,20 @@ async fn accept_loop(
     }
 }
 
+/// Tells the miner to come back (ckpool sends `client.reconnect []` the same way); a miner that ignores
+/// it reconnects on the closed socket anyway.
+async fn say_reconnect(stream: &mut TcpStream, out: &mut String) {
+    out.push_str(
+        &stratum::ServerMessage::Reconnect {
+            host: None,
+            port: None,
+            wait_s: 0,
+        }
+        .to_line(),
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(out.as_bytes())).await;
+}
+
 /// Serves one miner until it leaves, breaks a rule, or the pool shuts down. Returns why it ended.
 async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: CancellationToken) -> &'static str {
     let en1 = shared.next_en1.fetch_add(1, Ordering::Relaxed).to_be_bytes();
@@ -280,11 +294,9 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
             (start + shared.cfg.handshake_deadline).min(last_activity + shared.cfg.idle_timeout)
         };
         tokio::select! {
+            biased;
             () = token.cancelled() => {
-                // Tell the miner to come back (ckpool sends `client.reconnect []` the same way);
-                // a miner that ignores it reconnects on the closed socket anyway.
-                out.push_str(&stratum::ServerMessage::Reconnect { host: None, port: None, wait_s: 0 }.to_line());
-                let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(out.as_bytes())).await;
+                say_reconnect(&mut stream, &mut out).await;
                 return "shutdown";
             }
             () = tokio::time::sleep_until(deadline.into()) => {
@@ -294,7 +306,10 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                 for l in session.tick(shared, now_ms()) { out.push_str(&l); }
             }
             r = jobs.changed() => {
-                if r.is_err() { return "pool stopped"; }
+                if r.is_err() {
+                    say_reconnect(&mut stream, &mut out).await;
+                    return "pool stopped";
+                }
                 let set = jobs.borrow_and_update().clone();
                 if session.ready() {
                     for l in session.work_lines(shared, &set, false) { out.push_str(&l); }
