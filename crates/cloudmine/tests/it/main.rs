@@ -12,28 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Node {
-    child: Child,
+    child: Proc,
     url: String,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[allow(clippy::zombie_processes)] // the child is killed and waited for in Node's Drop, on every path
-fn start(dir: &std::path::Path) -> Node {
+/// Starts `cloudmine ARGS --data-dir DIR` and reads stdout until a line starting with `ready`; returns
+/// the process (killed and reaped on drop) and the rest of that line's first word.
+#[allow(clippy::zombie_processes)] // the child is killed and waited for in Proc's Drop, on every path
+fn spawn(args: &[&str], dir: &std::path::Path, ready: &str) -> (Proc, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
-        .args([
-            "node",
-            "--dev-rpc-listen",
-            "127.0.0.1:0",
-            "--dev-rpc-auth",
-            "u:p",
-            "--data-dir",
-        ])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir)
         .env("CLOUDMINE_LOG", "warn")
         .stdout(Stdio::piped())
@@ -43,17 +32,39 @@ fn start(dir: &std::path::Path) -> Node {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < deadline, "node did not start");
-        let line = lines.next().expect("node exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("JSON-RPC listening on ") {
-            let url = rest.split_whitespace().next().unwrap().to_string();
+        assert!(Instant::now() < deadline, "cloudmine {} did not start", args[0]);
+        let line = lines
+            .next()
+            .expect("cloudmine exited before it was ready")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix(ready) {
+            let word = rest.split_whitespace().next().unwrap().to_string();
             // keep draining stdout so the child never blocks on a full pipe
             std::thread::spawn(move || for _ in lines {});
-            return Node {
-                child,
-                url: format!("{url}/"),
-            };
+            return (Proc(child), word);
         }
+    }
+}
+
+/// A child process, killed and reaped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path) -> Node {
+    let (proc, url) = spawn(
+        &["node", "--dev-rpc-listen", "127.0.0.1:0", "--dev-rpc-auth", "u:p"],
+        dir,
+        "JSON-RPC listening on ",
+    );
+    Node {
+        child: proc,
+        url: format!("{url}/"),
     }
 }
 
@@ -132,8 +143,8 @@ async fn kill_9_during_block_submission_loses_no_acknowledged_block() {
             })
         };
         tokio::time::sleep(Duration::from_millis(700 + 400 * round)).await;
-        node.child.kill().unwrap(); // SIGKILL
-        node.child.wait().unwrap();
+        node.child.0.kill().unwrap(); // SIGKILL
+        node.child.0.wait().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         task.await.unwrap();
     }
@@ -154,17 +165,18 @@ async fn kill_9_during_block_submission_loses_no_acknowledged_block() {
         assert!(hd["confirmations"].as_i64().unwrap() >= 1);
     }
     eprintln!("{n} acknowledged blocks across 3 SIGKILLs, all present at height {count}");
-    node.child.kill().unwrap();
-    node.child.wait().unwrap();
+    node.child.0.kill().unwrap();
+    node.child.0.wait().unwrap();
 }
 
-/// Starts `cloudmine serve` on a free port; returns the child and the Stratum address.
-#[allow(clippy::zombie_processes)] // the child is killed and waited for by the caller (Served's Drop)
-fn serve(dir: &std::path::Path) -> (Served, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
-        .args([
+/// Starts `cloudmine serve` on free ports at the minimum difficulty; returns the process and the Stratum address.
+fn serve(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
+    let (proc, addr) = spawn(
+        &[
             "serve",
             "--stratum-listen",
+            "127.0.0.1:0",
+            "--http-listen",
             "127.0.0.1:0",
             "--status-interval",
             "0",
@@ -172,31 +184,11 @@ fn serve(dir: &std::path::Path) -> (Served, std::net::SocketAddr) {
             "0.0000000003",
             "--min-difficulty",
             "0.0000000003",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("CLOUDMINE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("serve exited before listening").unwrap();
-        if let Some(rest) = line.strip_prefix("cloudmine pool: stratum+tcp://") {
-            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in lines {});
-            return (Served(child), addr);
-        }
-    }
-}
-
-struct Served(Child);
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+        ],
+        dir,
+        "cloudmine pool: stratum+tcp://",
+    );
+    (proc, addr.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
