@@ -58,6 +58,41 @@ pub(crate) const fn prescheduled(block: &Words) -> [u32; 64] {
 pub(crate) const PAD64_WK: [u32; 64] =
     prescheduled(&[0x8000_0000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 512]);
 
+/// The fixed words of a header's second block (after the nonce word W3): `W4..W15` plus `K`.
+pub(crate) const TAIL80_WK: [u32; 64] =
+    prescheduled(&[0, 0, 0, 0, 0x8000_0000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 640]);
+
+/// The fixed words of the block that hashes a 32-byte digest: `W8..W15` plus `K`.
+pub(crate) const DIGEST_PAD_WK: [u32; 64] =
+    prescheduled(&[0, 0, 0, 0, 0, 0, 0, 0, 0x8000_0000, 0, 0, 0, 0, 0, 0, 256]);
+
+/// Nonces the scan keeps in flight (four hide `sha256rnds2` latency best here: 2 → 18 MH/s, 3 → 26,
+/// 4 → 31, 5-8 → 30; see BENCHMARKS.md).
+pub const SCAN_WAYS: u32 = 4;
+
+/// Nonce scan on SHA-NI (see [`crate::HeaderScan`]): hashes nonces `start .. start + count` of the
+/// header whose first-block midstate is `mid` and whose second block starts with `w012`, and pushes
+/// every nonce whose hash has its top 32 bits (as a 256-bit little-endian number) `<= top_max`.
+/// `count` must be a multiple of [`SCAN_WAYS`]. `false` means: no SHA-NI, use the portable path.
+#[inline]
+pub(crate) fn fused_scan(
+    mid: &State,
+    w012: [u32; 3],
+    start: u32,
+    count: u32,
+    top_max: u32,
+    hits: &mut Vec<u32>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if has_sha_ni() {
+        // SAFETY: the CPU supports sha, sse2, ssse3 and sse4.1 (checked by has_sha_ni).
+        unsafe { x86::scan::<4>(mid, w012, start, count, top_max, hits) };
+        return true;
+    }
+    let _ = (mid, w012, start, count, top_max, hits);
+    false
+}
+
 /// Two `sha256d` of 64-byte messages with every compression interleaved and the state kept in
 /// registers, when SHA-NI is present. `None` means: use the generic path.
 #[inline]
@@ -444,6 +479,118 @@ mod x86 {
             [load_be(pb.add(64)), pad0, zero, len],
         );
         outer_x2(sa, sb)
+    }
+
+    #[inline(always)]
+    unsafe fn wk(t: &[u32; 64], group: usize) -> __m128i {
+        _mm_loadu_si128(t.as_ptr().add(4 * group).cast())
+    }
+
+    /// The nonce scan, `N` nonces in flight. Per nonce: 31 `sha256rnds2` for the inner hash (rounds 0-1
+    /// are shared by every nonce and done once) and 31 for the outer (rounds 62-63 cannot change
+    /// digest word 7, which is `IV7 + f` after round 61); constant schedule words are precomputed.
+    #[allow(clippy::needless_range_loop)] // lockstep over N streams reads best with one index
+    #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+    pub(super) unsafe fn scan<const N: usize>(
+        mid: &State,
+        w012: [u32; 3],
+        start: u32,
+        count: u32,
+        top_max: u32,
+        hits: &mut Vec<u32>,
+    ) {
+        let (mid0, mid1) = load_state(mid);
+        let wbase = _mm_set_epi32(0, w012[2] as i32, w012[1] as i32, w012[0] as i32);
+        // Rounds 0-1 do not depend on the nonce.
+        let m01 = _mm_add_epi32(wbase, k(0));
+        let p_abef = _mm_sha256rnds2_epu32(mid1, mid0, m01);
+        let p_cdgh = mid0;
+        let tail = &super::TAIL80_WK;
+        let dpad = &super::DIGEST_PAD_WK;
+        let w1c = _mm_set_epi32(0, 0, 0, 0x8000_0000u32 as i32);
+        let w2c = _mm_setzero_si128();
+        let w3c = _mm_set_epi32(640, 0, 0, 0);
+        let o2c = _mm_set_epi32(0, 0, 0, 0x8000_0000u32 as i32);
+        let o3c = _mm_set_epi32(256, 0, 0, 0);
+        let (iv0, iv1) = iv();
+        let iv7 = super::INITIAL_STATE[7];
+        let mut off = 0u32;
+        while off < count {
+            let base = start.wrapping_add(off);
+            // ---- inner: second header block ----
+            let mut a0 = [_mm_setzero_si128(); N];
+            let mut a1 = [_mm_setzero_si128(); N];
+            let mut w = [[_mm_setzero_si128(); 4]; N];
+            for j in 0..N {
+                let nonce = base.wrapping_add(j as u32);
+                let w0 = _mm_insert_epi32(wbase, nonce.swap_bytes() as i32, 3);
+                let m = _mm_shuffle_epi32(_mm_add_epi32(w0, k(0)), 0x0E);
+                a0[j] = _mm_sha256rnds2_epu32(p_cdgh, p_abef, m);
+                a1[j] = p_abef;
+                w[j] = [w0, w1c, w2c, w3c];
+            }
+            for g in 1..4 {
+                let m = wk(tail, g);
+                let mh = _mm_shuffle_epi32(m, 0x0E);
+                for j in 0..N {
+                    a1[j] = _mm_sha256rnds2_epu32(a1[j], a0[j], m);
+                }
+                for j in 0..N {
+                    a0[j] = _mm_sha256rnds2_epu32(a0[j], a1[j], mh);
+                }
+            }
+            for g in 4..16 {
+                for j in 0..N {
+                    let x = &mut w[j];
+                    x[g % 4] = schedule(x[g % 4], x[(g + 1) % 4], x[(g + 2) % 4], x[(g + 3) % 4]);
+                }
+                let mut m = [_mm_setzero_si128(); N];
+                for j in 0..N {
+                    m[j] = _mm_add_epi32(w[j][g % 4], k(g));
+                    a1[j] = _mm_sha256rnds2_epu32(a1[j], a0[j], m[j]);
+                }
+                for j in 0..N {
+                    a0[j] = _mm_sha256rnds2_epu32(a0[j], a1[j], _mm_shuffle_epi32(m[j], 0x0E));
+                }
+            }
+            // ---- outer: SHA-256 of the 32-byte digest ----
+            for j in 0..N {
+                let (lo, hi) = to_words(_mm_add_epi32(a0[j], mid0), _mm_add_epi32(a1[j], mid1));
+                w[j] = [lo, hi, o2c, o3c];
+                a0[j] = iv0;
+                a1[j] = iv1;
+            }
+            for g in 0..16 {
+                if g >= 4 {
+                    for j in 0..N {
+                        let x = &mut w[j];
+                        x[g % 4] = schedule(x[g % 4], x[(g + 1) % 4], x[(g + 2) % 4], x[(g + 3) % 4]);
+                    }
+                }
+                let mut m = [_mm_setzero_si128(); N];
+                for j in 0..N {
+                    m[j] = if g == 2 || g == 3 {
+                        wk(dpad, g)
+                    } else {
+                        _mm_add_epi32(w[j][g % 4], k(g))
+                    };
+                    a1[j] = _mm_sha256rnds2_epu32(a1[j], a0[j], m[j]);
+                }
+                if g < 15 {
+                    for j in 0..N {
+                        a0[j] = _mm_sha256rnds2_epu32(a0[j], a1[j], _mm_shuffle_epi32(m[j], 0x0E));
+                    }
+                }
+            }
+            // a1 = (A, B, E, F) after round 61; lane 0 is F = H after round 63.
+            for j in 0..N {
+                let h7 = (_mm_cvtsi128_si32(a1[j]) as u32).wrapping_add(iv7);
+                if h7.swap_bytes() <= top_max {
+                    hits.push(base.wrapping_add(j as u32));
+                }
+            }
+            off = off.wrapping_add(N as u32);
+        }
     }
 
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]

@@ -10,9 +10,11 @@
 //! The only `unsafe` in the workspace lives in [`kernel`] (CPU intrinsics).
 
 pub mod kernel;
+mod scan;
 mod shapes;
 
 pub use kernel::{compress, compress2, has_sha_ni, State, INITIAL_STATE};
+pub use scan::{target_top_word, HeaderScan, SCAN_STEP};
 pub use shapes::{
     digest_to_state, merkle_fold, merkle_fold_x2, pad_tail, sha256, sha256d, sha256d_64, sha256d_64_x2,
     sha256d_80, sha256d_80_x2, sha256d_from_padded, sha256d_from_padded_x2, state_to_digest, Midstate,
