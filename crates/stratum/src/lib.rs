@@ -1,6 +1,8 @@
 //! Stratum V1 without I/O, usable as a server (pool, proxy downstream) and as a client (miner, proxy
 //! upstream). See `shared/docs/stratum-v1.md` for the protocol as real firmware speaks it.
 //!
+//! * [`client`]: the client half as a state machine (handshake, difficulty per job, extranonce and
+//!   version-mask changes, verdicts), for the miner and the proxy's upstream side.
 //! * [`framing`]: newline-delimited lines with a hard length limit ([`framing::MINER_LINE_BYTES_MAX`]
 //!   toward a pool, [`framing::POOL_LINE_BYTES_MAX`] toward a client).
 //! * [`envelope`]: a line as a JSON-RPC request, notification or response; ids are kept as raw JSON
@@ -14,6 +16,7 @@
 //!
 //! Nothing here panics on input: every malformed field is a [`ParseError`] naming it.
 
+pub mod client;
 pub mod client_to_server;
 pub mod envelope;
 pub mod framing;
