@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod loadgen;
+mod mine;
 mod node;
 mod serve;
 
@@ -24,6 +25,8 @@ pub(crate) enum Command {
     /// Run the whole platform: chain backend (embedded dev chain by default) and the Stratum pool.
     #[command(args_override_self = true)]
     Serve(Box<serve::ServeArgs>),
+    /// CPU miner: Stratum V1 client hashing SHA-256d (`--benchmark` without a pool).
+    Mine(Box<mine::MineArgs>),
     /// Run the embedded dev chain with its Bitcoin Core JSON-RPC face.
     Node(node::NodeArgs),
     /// Benchmarks that print figures (see BENCHMARKS.md).
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
+        Command::Mine(args) => mine::run(*args),
         Command::Node(args) => runtime()?.block_on(node::run(args)),
         Command::Bench { what } => bench::run(what),
     }

@@ -148,9 +148,21 @@ impl Engine {
     pub fn view(&self) -> Vec<ThreadView> {
         (0..self.handles.len())
             .map(|i| ThreadView {
-                hashes: self.shared.hashes.get(i).map_or(0, |c| c.0.load(Ordering::Relaxed)),
-                seq: self.shared.on_seq.get(i).map_or(0, |c| c.0.load(Ordering::Acquire)),
-                picked_ns: self.shared.picked_ns.get(i).map_or(0, |c| c.0.load(Ordering::Relaxed)),
+                hashes: self
+                    .shared
+                    .hashes
+                    .get(i)
+                    .map_or(0, |c| c.0.load(Ordering::Relaxed)),
+                seq: self
+                    .shared
+                    .on_seq
+                    .get(i)
+                    .map_or(0, |c| c.0.load(Ordering::Acquire)),
+                picked_ns: self
+                    .shared
+                    .picked_ns
+                    .get(i)
+                    .map_or(0, |c| c.0.load(Ordering::Relaxed)),
             })
             .collect()
     }
@@ -179,7 +191,8 @@ fn hash_thread(s: &Shared, i: usize) {
     let mut my_seq = u64::MAX;
     let mut work: Option<Arc<Work>> = None;
     let mut header: Option<(HeaderWork, HeaderScan)> = None;
-    let (Some(hashes), Some(on_seq), Some(picked)) = (s.hashes.get(i), s.on_seq.get(i), s.picked_ns.get(i)) else {
+    let (Some(hashes), Some(on_seq), Some(picked)) = (s.hashes.get(i), s.on_seq.get(i), s.picked_ns.get(i))
+    else {
         return;
     };
     'outer: while !s.stop.load(Ordering::Acquire) {
@@ -238,7 +251,7 @@ fn hash_thread(s: &Shared, i: usize) {
                     }
                 }
             }
-            nonce += u64::from(done.max(1));
+            nonce += done.max(1);
         }
         header = Some((hw, scan));
     }
@@ -278,7 +291,10 @@ mod tests {
         while got.len() < 50 {
             let f = rx.blocking_recv().unwrap();
             assert_eq!(f.seq, seq);
-            assert!(units::Difficulty::from_f64(1.0 / 1_048_576.0).unwrap().to_target().is_met_by(&f.hash));
+            assert!(units::Difficulty::from_f64(1.0 / 1_048_576.0)
+                .unwrap()
+                .to_target()
+                .is_met_by(&f.hash));
             got.push((f.en2.clone(), f.version_bits, f.nonce));
         }
         let mut dedup = got.clone();

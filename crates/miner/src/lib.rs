@@ -8,5 +8,9 @@
 //! * [`run`]: the pools in failover order, reconnects with exponential backoff and jitter, reports.
 //! * [`bench`]: `--benchmark`, a synthetic job hashed the same way every time.
 
-pub mod work;
+pub mod bench;
+pub mod connection;
 pub mod engine;
+pub mod report;
+pub mod run;
+pub mod work;

@@ -13,7 +13,9 @@
 //! `mining-core`'s share hasher, the same code the pool validates with, and kept only if it meets
 //! the assigned target exactly. Nothing is submitted that was not verified here.
 
-use mining_core::{prevhash_from_stratum, roll_version, BatchHasher, CoinbasePrefix, PreparedJob, ShareInput};
+use mining_core::{
+    prevhash_from_stratum, roll_version, BatchHasher, CoinbasePrefix, PreparedJob, ShareInput,
+};
 use sha256d::{target_top_word, HeaderScan};
 use std::sync::atomic::{AtomicU64, Ordering};
 use stratum::client::Assignment;
@@ -100,7 +102,7 @@ pub struct HeaderWork {
 }
 
 /// A share verified against the assigned target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Found {
     /// Work sequence number it came from.
     pub seq: u64,
@@ -118,6 +120,8 @@ pub struct Found {
     pub hash: [u8; 32],
     /// Whether it also meets the network target.
     pub is_block: bool,
+    /// The difficulty it was assigned (what the pool credits).
+    pub difficulty: f64,
     /// Prevhash (Stratum form).
     pub prevhash: [u8; 32],
 }
@@ -270,6 +274,7 @@ impl Work {
             version_bits: h.version_bits,
             hash: check.hash,
             is_block: check.meets(self.job.network_target),
+            difficulty: self.difficulty,
             prevhash: self.prevhash,
         })
     }
@@ -319,7 +324,11 @@ mod tests {
         assert_eq!(last.version_bits, Some(0));
         let next = w.header(0x1_0000);
         assert_eq!(next.en2, vec![0, 0, 0, 1]);
-        assert_ne!(next.header[36..68], h0.header[36..68], "new extranonce2, new merkle root");
+        assert_ne!(
+            next.header[36..68],
+            h0.header[36..68],
+            "new extranonce2, new merkle root"
+        );
         let plain = Work::new(&assignment(1.0, None), 0).unwrap();
         assert_eq!(plain.header(3).en2, vec![0, 0, 0, 3]);
         assert_eq!(plain.header(3).version_bits, None);
@@ -371,7 +380,11 @@ mod tests {
         let mut hits = Vec::new();
         scan.scan(0, 1 << 16, w.top_max(), &mut hits);
         let mut hasher = BatchHasher::new();
-        let found: Vec<u32> = hits.iter().filter_map(|n| w.verify(&mut hasher, &h, *n)).map(|f| f.nonce).collect();
+        let found: Vec<u32> = hits
+            .iter()
+            .filter_map(|n| w.verify(&mut hasher, &h, *n))
+            .map(|f| f.nonce)
+            .collect();
         // Reference: hash every nonce with the share hasher.
         let want: Vec<u32> = (0..1u32 << 16)
             .filter(|n| hasher.hash_one(&w.input(&h.en2, h.version, *n)).meets(w.target))

@@ -309,7 +309,9 @@ impl ClientSession {
             Pending::Subscribe => {
                 // A subscribe result is an array, not `true`: a non-null error or a non-array fails it.
                 if !error.is_null() || !result.is_array() {
-                    return Err(ClientError::Subscribe(verdict.err().unwrap_or_else(|| "result is not an array".into())));
+                    return Err(ClientError::Subscribe(
+                        verdict.err().unwrap_or_else(|| "result is not an array".into()),
+                    ));
                 }
                 let en1 = result
                     .get(1)
@@ -356,7 +358,10 @@ impl ClientSession {
             },
             // Optional requests: a refusal changes nothing.
             Pending::SuggestDifficulty | Pending::ExtranonceSubscribe => Ok(Vec::new()),
-            Pending::Submit => Ok(vec![ClientEvent::SubmitResult { id: n, outcome: verdict }]),
+            Pending::Submit => Ok(vec![ClientEvent::SubmitResult {
+                id: n,
+                outcome: verdict,
+            }]),
         }
     }
 
@@ -403,7 +408,9 @@ impl ClientSession {
                 extranonce2_size,
             } => {
                 if extranonce1.len() > EXTRANONCE1_BYTES_MAX {
-                    return Ok(vec![ClientEvent::Ignored("set_extranonce: extranonce1 too long".into())]);
+                    return Ok(vec![ClientEvent::Ignored(
+                        "set_extranonce: extranonce1 too long".into(),
+                    )]);
                 }
                 self.next_extranonce = Some((extranonce1, extranonce2_size));
                 ClientEvent::Ignored("set_extranonce: applies from the next notify".into())
@@ -448,10 +455,16 @@ mod tests {
         assert!(out[0].contains("mining.configure") && out[0].contains("1fffe000"));
         assert!(out[1].contains("mining.subscribe") && out[1].contains("\"id\":2"));
         assert_eq!(
-            feed(&mut s, r#"{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}"#),
+            feed(
+                &mut s,
+                r#"{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}"#
+            ),
             vec![ClientEvent::VersionRolling(Some(0x1fff_e000))]
         );
-        let ev = feed(&mut s, r#"{"id":2,"result":[[["mining.notify","1"]],"0000abcd",4],"error":null}"#);
+        let ev = feed(
+            &mut s,
+            r#"{"id":2,"result":[[["mining.notify","1"]],"0000abcd",4],"error":null}"#,
+        );
         assert_eq!(
             ev,
             vec![ClientEvent::Subscribed {
@@ -464,30 +477,63 @@ mod tests {
         assert!(out[1].contains("mining.extranonce.subscribe"));
         assert!(out[2].contains("mining.authorize"));
         assert!(!s.ready());
-        assert_eq!(feed(&mut s, r#"{"id":5,"result":true,"error":null}"#), vec![ClientEvent::Authorized]);
+        assert_eq!(
+            feed(&mut s, r#"{"id":5,"result":true,"error":null}"#),
+            vec![ClientEvent::Authorized]
+        );
         assert!(s.ready());
         // difficulty applies to the next job, not retroactively
-        feed(&mut s, r#"{"id":null,"method":"mining.set_difficulty","params":[0.001]}"#);
+        feed(
+            &mut s,
+            r#"{"id":null,"method":"mining.set_difficulty","params":[0.001]}"#,
+        );
         let ev = feed(&mut s, NOTIFY);
-        let ClientEvent::Job(a) = &ev[0] else { panic!("{ev:?}") };
+        let ClientEvent::Job(a) = &ev[0] else {
+            panic!("{ev:?}")
+        };
         assert_eq!(a.difficulty, 0.001);
         assert_eq!(a.version_mask, Some(0x1fff_e000));
         feed(&mut s, r#"{"method":"mining.set_difficulty","params":[8]}"#);
         assert_eq!(s.difficulty(), 8.0);
         // set_extranonce applies from the next notify
-        feed(&mut s, r#"{"id":null,"method":"mining.set_extranonce","params":["ffff0000",8]}"#);
+        feed(
+            &mut s,
+            r#"{"id":null,"method":"mining.set_extranonce","params":["ffff0000",8]}"#,
+        );
         let ev = feed(&mut s, NOTIFY);
         let ClientEvent::Job(b) = &ev[0] else { panic!() };
-        assert_eq!((b.extranonce1.clone(), b.extranonce2_size, b.difficulty), (vec![0xff, 0xff, 0, 0], 8, 8.0));
+        assert_eq!(
+            (b.extranonce1.clone(), b.extranonce2_size, b.difficulty),
+            (vec![0xff, 0xff, 0, 0], 8, 8.0)
+        );
         // set_version (SRI's name) narrows the mask at once
-        feed(&mut s, r#"{"id":null,"method":"mining.set_version","params":["00006000"]}"#);
+        feed(
+            &mut s,
+            r#"{"id":null,"method":"mining.set_version","params":["00006000"]}"#,
+        );
         assert_eq!(s.version_mask(), Some(0x6000));
         // submits carry version bits; verdicts in the reject form of §6
-        let id = s.submit("7", &[0, 0, 0, 1], 0x5f5e1000, 42, Some(0x2000)).unwrap();
+        let id = s
+            .submit("7", &[0, 0, 0, 1], 0x5f5e1000, 42, Some(0x2000))
+            .unwrap();
         let line = s.take_output().pop().unwrap();
-        assert!(line.contains(r#""params":["bcrt1qexample.w1","7","00000001","5f5e1000","0000002a","00002000"]"#), "{line}");
-        let ev = feed(&mut s, &format!(r#"{{"id":{id},"result":false,"error":[23,"Low difficulty share",null],"reject-reason":"Low difficulty share"}}"#));
-        assert_eq!(ev, vec![ClientEvent::SubmitResult { id, outcome: Err("Low difficulty share".into()) }]);
+        assert!(
+            line.contains(r#""params":["bcrt1qexample.w1","7","00000001","5f5e1000","0000002a","00002000"]"#),
+            "{line}"
+        );
+        let ev = feed(
+            &mut s,
+            &format!(
+                r#"{{"id":{id},"result":false,"error":[23,"Low difficulty share",null],"reject-reason":"Low difficulty share"}}"#
+            ),
+        );
+        assert_eq!(
+            ev,
+            vec![ClientEvent::SubmitResult {
+                id,
+                outcome: Err("Low difficulty share".into())
+            }]
+        );
     }
 
     #[test]
@@ -501,11 +547,23 @@ mod tests {
         s.start();
         assert_eq!(s.take_output().len(), 1);
         // a notify before subscribe is a protocol error
-        assert_eq!(s.on_line(NOTIFY.as_bytes()), Err(ClientError::OutOfOrder("mining.notify")));
+        assert_eq!(
+            s.on_line(NOTIFY.as_bytes()),
+            Err(ClientError::OutOfOrder("mining.notify"))
+        );
         // garbage is ignored, not fatal
-        for bad in ["{", "[]", r#"{"id":99,"result":true}"#, r#"{"method":"mining.notify","params":["1"]}"#, r#"{"method":"mining.set_difficulty","params":[-1]}"#] {
+        for bad in [
+            "{",
+            "[]",
+            r#"{"id":99,"result":true}"#,
+            r#"{"method":"mining.notify","params":["1"]}"#,
+            r#"{"method":"mining.set_difficulty","params":[-1]}"#,
+        ] {
             let ev = s.on_line(bad.as_bytes()).unwrap();
-            assert!(matches!(ev.as_slice(), [ClientEvent::Ignored(_)]), "{bad}: {ev:?}");
+            assert!(
+                matches!(ev.as_slice(), [ClientEvent::Ignored(_)]),
+                "{bad}: {ev:?}"
+            );
         }
         assert!(matches!(
             s.on_line(br#"{"id":1,"result":[[],"zz",4],"error":null}"#),
@@ -516,7 +574,10 @@ mod tests {
         s.take_output();
         // a pool without configure: error 20, no rolling
         assert_eq!(
-            feed(&mut s, r#"{"id":1,"result":null,"error":[20,"Unknown method",null]}"#),
+            feed(
+                &mut s,
+                r#"{"id":1,"result":null,"error":[20,"Unknown method",null]}"#
+            ),
             vec![ClientEvent::VersionRolling(None)]
         );
         feed(&mut s, r#"{"id":2,"result":[[],"00",0],"error":null}"#);
@@ -531,7 +592,10 @@ mod tests {
         assert!(line.contains(r#""00000002"]"#), "{line}");
         // client.get_version is answered
         feed(&mut s, r#"{"id":"v","method":"client.get_version","params":[]}"#);
-        assert_eq!(s.take_output(), vec!["{\"error\":null,\"id\":\"v\",\"result\":\"cloudmine/0\"}\n".to_string()]);
+        assert_eq!(
+            s.take_output(),
+            vec!["{\"error\":null,\"id\":\"v\",\"result\":\"cloudmine/0\"}\n".to_string()]
+        );
     }
 
     #[test]
@@ -541,7 +605,8 @@ mod tests {
             ..opts()
         });
         s.start();
-        s.on_line(br#"{"id":1,"result":[[],"00",4],"error":null}"#).unwrap();
+        s.on_line(br#"{"id":1,"result":[[],"00",4],"error":null}"#)
+            .unwrap();
         let mut refused = None;
         for i in 0..PENDING_REQUESTS_MAX + 5 {
             if let Err(e) = s.submit("1", &[0; 4], 0, i as u32, None) {

@@ -1,5 +1,6 @@
 //! Real-process tests of the `cloudmine` binary: a dev chain node killed with SIGKILL while blocks are
-//! being submitted keeps every block it acknowledged.
+//! being submitted keeps every block it acknowledged; `cloudmine serve` killed under load keeps every
+//! acknowledged share; `cloudmine mine` against real `cloudmine serve` processes ([`mine`]).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -10,6 +11,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod mine;
 
 struct Node {
     child: Proc,
@@ -171,23 +174,33 @@ async fn kill_9_during_block_submission_loses_no_acknowledged_block() {
 
 /// Starts `cloudmine serve` on free ports at the minimum difficulty; returns the process and the Stratum address.
 fn serve(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
-    let (proc, addr) = spawn(
-        &[
-            "serve",
-            "--stratum-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--status-interval",
-            "0",
-            "--start-difficulty",
-            "0.0000000003",
-            "--min-difficulty",
-            "0.0000000003",
-        ],
-        dir,
-        "cloudmine pool: stratum+tcp://",
-    );
+    serve_at(dir, "127.0.0.1:0", "0.0000000003", false)
+}
+
+/// Starts `cloudmine serve` with Stratum on `listen`, starting at `difficulty` (and held there if `pin`).
+fn serve_at(
+    dir: &std::path::Path,
+    listen: &str,
+    difficulty: &str,
+    pin: bool,
+) -> (Proc, std::net::SocketAddr) {
+    let mut args = vec![
+        "serve",
+        "--stratum-listen",
+        listen,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--status-interval",
+        "0",
+        "--start-difficulty",
+        difficulty,
+        "--min-difficulty",
+        difficulty,
+    ];
+    if pin {
+        args.extend(["--max-difficulty", difficulty]);
+    }
+    let (proc, addr) = spawn(&args, dir, "cloudmine pool: stratum+tcp://");
     (proc, addr.parse().unwrap())
 }
 

@@ -1,0 +1,425 @@
+//! `cloudmine mine` against real `cloudmine serve` processes over loopback: shares accepted with
+//! version rolling, dev-chain blocks found, failover when the first pool is killed, reconnect after a
+//! pool restarts, and not one rejected share in any of it.
+
+use super::{serve_at, Proc};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ADDR: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+/// About 2^22 hashes per share: several shares a second from one thread.
+const DIFF: &str = "0.001";
+
+/// A running `cloudmine mine --json` and the events it printed so far.
+struct MinerProc {
+    proc: Option<Proc>,
+    events: Arc<Mutex<Vec<Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+fn mine(args: &[&str]) -> MinerProc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .arg("mine")
+        .args(args)
+        .args(["--json", "--interval", "1", "-t", "1"])
+        .env("CLOUDMINE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let ev = events.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            ev.lock().unwrap().push(v);
+        }
+    });
+    MinerProc {
+        proc: Some(Proc(child)),
+        events,
+        reader: Some(reader),
+    }
+}
+
+impl MinerProc {
+    fn snapshot(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds on the events so far.
+    fn wait(&self, what: &str, secs: u64, pred: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let ev = self.snapshot();
+            if pred(&ev) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events: {ev:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the full event list (with the summary).
+    fn stop(mut self) -> Vec<Value> {
+        let mut p = self.proc.take().unwrap();
+        let pid = p.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while p.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "miner did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        self.snapshot()
+    }
+}
+
+fn is(ev: &Value, kind: &str) -> bool {
+    ev["event"] == kind
+}
+
+fn accepted_on(ev: &[Value], pool: &str) -> usize {
+    ev.iter()
+        .filter(|e| is(e, "share") && e["result"] == "accepted" && e["pool"] == pool)
+        .count()
+}
+
+fn rejects(ev: &[Value]) -> Vec<&Value> {
+    ev.iter()
+        .filter(|e| is(e, "share") && e["result"] != "accepted")
+        .collect()
+}
+
+fn url(a: std::net::SocketAddr) -> String {
+    format!("stratum+tcp://{a}")
+}
+
+#[test]
+fn mines_on_serve_with_version_rolling_and_finds_blocks_without_a_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let (served, addr) = serve_at(dir.path(), "127.0.0.1:0", DIFF, true);
+    let user = format!("{ADDR}.cpu");
+    let m = mine(&["-o", &url(addr), "-u", &user]);
+    let pool = url(addr);
+    m.wait(
+        "10 accepted shares including a block candidate, and a status line",
+        90,
+        |ev| {
+            accepted_on(ev, &pool) >= 10
+                && ev
+                    .iter()
+                    .any(|e| is(e, "share") && e["result"] == "accepted" && e["block"] == true)
+                && ev
+                    .iter()
+                    .any(|e| is(e, "status") && e["hashrate"].as_f64().unwrap_or(0.0) > 0.0)
+        },
+    );
+    let ev = m.stop();
+    let connected: Vec<&Value> = ev.iter().filter(|e| is(e, "connected")).collect();
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0]["version_mask"], "1fffe000");
+    assert!(rejects(&ev).is_empty(), "rejected shares: {:?}", rejects(&ev));
+    let summary = ev
+        .iter()
+        .find(|e| is(e, "summary"))
+        .expect("a summary on SIGTERM");
+    assert_eq!(summary["rejected"], 0);
+    assert_eq!(summary["stale"], 0);
+    let accepted = accepted_on(&ev, &pool);
+    drop(served);
+    // The pool's own records: every accepted share is logged, rolled version bits were used, and the
+    // dev chain took at least one block from this miner.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+            .await
+            .unwrap();
+        let headers = log.headers().await.unwrap();
+        assert!(headers.len() >= accepted, "{} logged < {accepted} accepted", headers.len());
+        let rolled = headers
+            .iter()
+            .filter(|h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]) & 0x1fff_e000 != 0)
+            .count();
+        assert!(rolled > 0, "no share used rolled version bits");
+        let blocks = log.blocks().await.unwrap();
+        assert!(
+            blocks.iter().any(|(_, fate)| fate == "accepted"),
+            "no block accepted by the dev chain: {blocks:?}"
+        );
+        eprintln!(
+            "miner: {accepted} shares accepted, 0 rejected, {rolled} with rolled version bits, {} blocks accepted by the dev chain",
+            blocks.iter().filter(|(_, f)| f == "accepted").count()
+        );
+    });
+}
+
+#[test]
+fn fails_over_when_the_first_pool_dies_and_comes_back_when_it_restarts() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, addr_a) = serve_at(da.path(), "127.0.0.1:0", DIFF, true);
+    let (b, addr_b) = serve_at(db.path(), "127.0.0.1:0", DIFF, true);
+    let (pa, pb) = (url(addr_a), url(addr_b));
+    let user = format!("{ADDR}.failover");
+    let m = mine(&[
+        "-o",
+        &pa,
+        "-o",
+        &pb,
+        "-u",
+        &user,
+        "--backoff-min-ms",
+        "100",
+        "--backoff-max-s",
+        "1",
+    ]);
+    m.wait("shares on the first pool", 60, |ev| accepted_on(ev, &pa) >= 3);
+    assert_eq!(
+        accepted_on(&m.snapshot(), &pb),
+        0,
+        "the second pool is for failover only"
+    );
+
+    // Kill the first pool: the miner moves to the second.
+    drop(a);
+    m.wait("shares on the second pool", 60, |ev| accepted_on(ev, &pb) >= 3);
+
+    // Restart the first pool on the same port, then kill the second: the miner returns to the first.
+    let (_a2, addr_a2) = serve_at(da.path(), &addr_a.to_string(), DIFF, true);
+    assert_eq!(addr_a2, addr_a);
+    let before = accepted_on(&m.snapshot(), &pa);
+    drop(b);
+    m.wait("shares on the restarted first pool", 60, |ev| {
+        accepted_on(ev, &pa) >= before + 3
+    });
+
+    let ev = m.stop();
+    assert!(rejects(&ev).is_empty(), "rejected shares: {:?}", rejects(&ev));
+    let connects: Vec<&str> = ev
+        .iter()
+        .filter(|e| is(e, "connected"))
+        .map(|e| e["pool"].as_str().unwrap())
+        .collect();
+    assert_eq!(connects, vec![pa.as_str(), pb.as_str(), pa.as_str()]);
+    let summary = ev.iter().find(|e| is(e, "summary")).unwrap();
+    assert_eq!(
+        (summary["rejected"].as_u64(), summary["stale"].as_u64()),
+        (Some(0), Some(0))
+    );
+    eprintln!(
+        "failover: {} accepted on A (before and after its restart), {} on B, 0 rejected",
+        accepted_on(&ev, &pa),
+        accepted_on(&ev, &pb)
+    );
+}
+
+/// A scripted pool over a real socket: it answers the handshake, then misbehaves.
+struct FakePool {
+    listener: std::net::TcpListener,
+}
+
+struct FakeConn {
+    r: BufReader<std::net::TcpStream>,
+    w: std::net::TcpStream,
+}
+
+impl FakePool {
+    fn accept(&self) -> FakeConn {
+        self.listener.set_nonblocking(false).unwrap();
+        let (s, _) = self.listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        FakeConn {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+}
+
+impl FakeConn {
+    fn send(&mut self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        self.w.write_all(line.as_bytes())?;
+        self.w.write_all(b"\n")
+    }
+    /// The next request (None on EOF or error).
+    fn next(&mut self) -> Option<Value> {
+        let mut l = String::new();
+        match self.r.read_line(&mut l) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&l).unwrap()),
+        }
+    }
+    /// Answers requests until authorize; returns the extranonce1 handed out.
+    fn handshake(&mut self) {
+        loop {
+            let v = self.next().expect("miner closed during the handshake");
+            let id = v["id"].clone();
+            match v["method"].as_str().unwrap() {
+                "mining.configure" => self
+                    .send(&serde_json::json!({"id": id, "result": {"version-rolling": true, "version-rolling.mask": "1fffe000"}, "error": null}).to_string())
+                    .unwrap(),
+                "mining.subscribe" => self
+                    .send(&serde_json::json!({"id": id, "result": [[["mining.notify", "1"]], "0a0b0c0d", 4], "error": null}).to_string())
+                    .unwrap(),
+                "mining.authorize" => {
+                    self.send(&serde_json::json!({"id": id, "result": true, "error": null}).to_string()).unwrap();
+                    return;
+                }
+                _ => self.send(&serde_json::json!({"id": id, "result": true, "error": null}).to_string()).unwrap(),
+            }
+        }
+    }
+}
+
+const PREV: &str = "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000";
+
+fn notify(job: &str, branch: Value, nbits: &str, clean: bool) -> String {
+    serde_json::json!({"id": null, "method": "mining.notify", "params": [
+        job, PREV, "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff20020862062f503253482f04b8864e5008",
+        "072f736c7573682f000000000100f2052a010000001976a914d23fcdf86f7e756a64a7a9688ef9903327048ed988ac00000000",
+        branch, "20000000", nbits, "504e86b9", clean]}).to_string()
+}
+
+/// Checks a submit the way a pool does, with `mining-core`: true iff it meets `difficulty`.
+fn share_is_valid(params: &Value, difficulty: f64) -> bool {
+    use mining_core::{prevhash_from_stratum, roll_version, BatchHasher, PreparedJob, ShareInput};
+    let hex = |s: &str| stratum::parse_hex(s, 1 << 16).unwrap();
+    let p = params.as_array().unwrap();
+    let n: [u8; 32] = hex(PREV).try_into().unwrap();
+    let job = PreparedJob::new(
+        hex("01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff20020862062f503253482f04b8864e5008"),
+        hex("072f736c7573682f000000000100f2052a010000001976a914d23fcdf86f7e756a64a7a9688ef9903327048ed988ac00000000"),
+        vec![[0x11; 32], [0x22; 32]],
+        0x2000_0000,
+        prevhash_from_stratum(&n),
+        0x1d00_ffff,
+        0x504e_86b9,
+    )
+    .unwrap();
+    let prefix = job.prefix(&[0x0a, 0x0b, 0x0c, 0x0d]);
+    let en2 = hex(p[2].as_str().unwrap());
+    let u = |i: usize| stratum::parse_hex_u32(p[i].as_str().unwrap()).unwrap();
+    let version = roll_version(0x2000_0000, u(5), 0x1fff_e000).unwrap();
+    let c = BatchHasher::new().hash_one(&ShareInput {
+        job: &job,
+        prefix: &prefix,
+        en2: &en2,
+        ntime: u(3),
+        nonce: u(4),
+        version,
+    });
+    en2.len() == 4 && c.meets(units::Difficulty::from_f64(difficulty).unwrap().to_target())
+}
+
+#[test]
+fn a_misbehaving_pool_gets_reasons_and_reconnects_never_a_panic_or_an_unverified_share() {
+    let pool = FakePool {
+        listener: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    };
+    let addr = pool.listener.local_addr().unwrap();
+    let m = mine(&[
+        "-o",
+        &url(addr),
+        "-u",
+        "anyone",
+        "--backoff-min-ms",
+        "50",
+        "--backoff-max-s",
+        "1",
+    ]);
+    let mut c = pool.accept();
+    c.handshake();
+    let branch = serde_json::json!([hex32(0x11), hex32(0x22)]);
+    // Garbage and malformed jobs first: each is dropped with a reason, none is mined.
+    for bad in [
+        "{".to_string(),
+        "[1,2,3]".to_string(),
+        r#"{"id":null,"method":"mining.notify","params":"x"}"#.to_string(),
+        r#"{"id":null,"method":"mining.set_difficulty","params":[-1]}"#.to_string(),
+        r#"{"id":null,"method":"mining.set_difficulty","params":["a lot"]}"#.to_string(),
+        notify("1", serde_json::json!(["abc"]), "1d00ffff", true), // malformed branch
+        notify("2", branch.clone(), "zz00ffff", true),             // malformed nbits
+        notify("3", branch.clone(), "1d80ffff", true),             // nbits with the sign bit
+        r#"{"id":77,"method":"mining.unknown_request","params":[]}"#.to_string(),
+        r#"{"id":999,"result":true,"error":null}"#.to_string(),
+    ] {
+        c.send(&bad).unwrap();
+    }
+    c.send(r#"{"id":null,"method":"mining.set_difficulty","params":[0.0005]}"#)
+        .unwrap();
+    c.send(&notify("4", branch, "1d00ffff", true)).unwrap();
+    // Every share that comes must be valid at 0.0005 for job 4.
+    let mut valid = 0;
+    while valid < 3 {
+        let v = c.next().expect("miner closed");
+        if v["method"] == "mining.submit" {
+            assert_eq!(v["params"][1], "4", "a share for a job that was refused: {v}");
+            assert!(
+                share_is_valid(&v["params"], 0.0005),
+                "unverified share submitted: {v}"
+            );
+            valid += 1;
+            c.send(&serde_json::json!({"id": v["id"], "result": true, "error": null}).to_string())
+                .unwrap();
+        } else if !v["id"].is_null() && v["method"].is_string() {
+            // e.g. the answer to our unknown request is a response, not a request; requests get `true`.
+            c.send(&serde_json::json!({"id": v["id"], "result": true, "error": null}).to_string())
+                .unwrap();
+        }
+    }
+    m.wait("the bad jobs reported", 10, |ev| {
+        ev.iter().filter(|e| is(e, "bad_job")).count() >= 1
+    });
+    // An oversized line: the miner drops the connection and reconnects.
+    let huge = "a".repeat(300 * 1024);
+    let _ = c.send(&huge);
+    drop(c);
+    let mut c2 = pool.accept();
+    c2.handshake();
+    // A line cut off by the pool closing: reconnect again.
+    use std::io::Write;
+    c2.w.write_all(br#"{"id":null,"method":"mining.notify","par"#)
+        .unwrap();
+    drop(c2);
+    let mut c3 = pool.accept();
+    c3.handshake();
+    let ev = m.stop();
+    let disconnects: Vec<String> = ev
+        .iter()
+        .filter(|e| is(e, "disconnected"))
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        disconnects.iter().any(|r| r.contains("POOL_LINE_BYTES_MAX")),
+        "{disconnects:?}"
+    );
+    assert!(
+        disconnects.iter().any(|r| r.contains("closed")),
+        "{disconnects:?}"
+    );
+    assert!(
+        ev.iter().any(|e| is(e, "summary")),
+        "the miner exits cleanly on SIGTERM"
+    );
+    let bad_jobs: Vec<&Value> = ev.iter().filter(|e| is(e, "bad_job")).collect();
+    assert!(
+        bad_jobs
+            .iter()
+            .any(|e| e["reason"].as_str().unwrap().contains("nbits")),
+        "{bad_jobs:?}"
+    );
+}
+
+fn hex32(b: u8) -> String {
+    stratum::to_hex(&[b; 32])
+}
