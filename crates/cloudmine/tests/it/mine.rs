@@ -393,6 +393,11 @@ fn a_misbehaving_pool_gets_reasons_and_reconnects_never_a_panic_or_an_unverified
     drop(c2);
     let mut c3 = pool.accept();
     c3.handshake();
+    // client.reconnect naming another host: the miner reconnects to its configured pool.
+    c3.send(r#"{"id":null,"method":"client.reconnect","params":["elsewhere.example",3333,0]}"#)
+        .unwrap();
+    let mut c4 = pool.accept();
+    c4.handshake();
     let ev = m.stop();
     let disconnects: Vec<String> = ev
         .iter()
