@@ -8,7 +8,7 @@
 //! (send, wait for the reply, next) for `--seconds` after a `--warmup`. Latency is measured by the
 //! client from writing a submit to reading its reply. Figures are printed as one JSON object.
 
-use mining_core::{prevhash_from_stratum, BatchHasher, PreparedJob, ShareInput};
+use mining_core::{BatchHasher, PreparedJob, ShareInput};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::SocketAddr;
@@ -487,15 +487,7 @@ fn apply(
     match ServerMessage::parse(method, params) {
         Ok(Some(ServerMessage::SetDifficulty(d))) => *pending = d,
         Ok(Some(ServerMessage::Notify(n))) => {
-            if let Ok(pj) = PreparedJob::new(
-                n.coinb1,
-                n.coinb2,
-                n.merkle_branch,
-                n.version,
-                prevhash_from_stratum(&n.prevhash),
-                n.nbits,
-                n.ntime,
-            ) {
+            if let Ok(pj) = miner::work::prepared_job(&n) {
                 let prefix = pj.prefix(en1);
                 *job = Some((pj, prefix, n.job_id, n.ntime));
                 *diff = *pending;

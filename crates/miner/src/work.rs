@@ -141,20 +141,24 @@ fn deposit(mut v: u64, mask: u32) -> u32 {
     out
 }
 
+/// A notify decoded for hashing (nbits checked): the one conversion every client uses.
+pub fn prepared_job(n: &stratum::Notify) -> Result<PreparedJob, units::CompactError> {
+    PreparedJob::new(
+        n.coinb1.clone(),
+        n.coinb2.clone(),
+        n.merkle_branch.clone(),
+        n.version,
+        prevhash_from_stratum(&n.prevhash),
+        n.nbits,
+        n.ntime,
+    )
+}
+
 impl Work {
     /// Prepares an assignment. `mask` is the rolling mask in force (`None`: no rolling).
     pub fn new(a: &Assignment, seq: u64) -> Result<Work, WorkError> {
         let n = &a.notify;
-        let job = PreparedJob::new(
-            n.coinb1.clone(),
-            n.coinb2.clone(),
-            n.merkle_branch.clone(),
-            n.version,
-            prevhash_from_stratum(&n.prevhash),
-            n.nbits,
-            n.ntime,
-        )
-        .map_err(|e| WorkError::Nbits {
+        let job = prepared_job(n).map_err(|e| WorkError::Nbits {
             job: n.job_id.clone(),
             nbits: n.nbits,
             why: e.to_string(),

@@ -12,7 +12,8 @@
 //! exactly (a candidate with an equal top word may still miss). The portable path returns exactly the
 //! same candidates; tests compare the two.
 
-use crate::kernel::{self, compress, words_from_bytes, State, Words, INITIAL_STATE};
+use crate::kernel::{self, compress, words_from_bytes, State, INITIAL_STATE};
+use crate::shapes::{digest_block, tail_block};
 
 /// A header prepared for nonce search.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,46 +41,10 @@ impl HeaderScan {
 
     /// The hash's top 32 bits for one nonce (portable; the reference for the fast path).
     pub fn top_word(&self, nonce: u32) -> u32 {
-        let block: Words = [
-            self.w012[0],
-            self.w012[1],
-            self.w012[2],
-            nonce.swap_bytes(),
-            0x8000_0000,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            640,
-        ];
         let mut s = self.mid;
-        kernel::portable::compress(&mut s, &block);
+        kernel::portable::compress(&mut s, &tail_block(self.w012, nonce.swap_bytes()));
         let mut outer = INITIAL_STATE;
-        let b2: Words = [
-            s[0],
-            s[1],
-            s[2],
-            s[3],
-            s[4],
-            s[5],
-            s[6],
-            s[7],
-            0x8000_0000,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            256,
-        ];
-        kernel::portable::compress(&mut outer, &b2);
+        kernel::portable::compress(&mut outer, &digest_block(&s));
         outer[7].swap_bytes()
     }
 

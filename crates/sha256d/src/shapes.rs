@@ -28,7 +28,7 @@ pub fn digest_to_state(d: &[u8; 32]) -> State {
 
 /// The block that hashes a 32-byte digest (given as its words) with its padding.
 #[inline(always)]
-fn digest_block(s: &State) -> Words {
+pub(crate) fn digest_block(s: &State) -> Words {
     [
         s[0],
         s[1],
@@ -301,11 +301,17 @@ pub fn sha256d_64_x2(a: &[u8; 64], b: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
 #[inline(always)]
 fn header_tail_block(h: &[u8; 80]) -> Words {
     let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    tail_block([w(64), w(68), w(72)], w(76))
+}
+
+/// The second header block from its three fixed words and the nonce word (big-endian view).
+#[inline(always)]
+pub(crate) fn tail_block(w012: [u32; 3], nonce_word: u32) -> Words {
     [
-        w(64),
-        w(68),
-        w(72),
-        w(76),
+        w012[0],
+        w012[1],
+        w012[2],
+        nonce_word,
         0x8000_0000,
         0,
         0,

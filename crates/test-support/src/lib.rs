@@ -2,7 +2,7 @@
 //! for real with `mining-core` and speaks through the `stratum` crate's client half. It panics on any
 //! protocol surprise, which is what a test wants. (The production miner is `cloudmine mine`.)
 
-use mining_core::{prevhash_from_stratum, BatchHasher, PreparedJob, ShareInput};
+use mining_core::{BatchHasher, ShareInput};
 use serde_json::{json, Value};
 use std::time::Duration;
 use stratum::server_to_client::reply_verdict;
@@ -125,16 +125,7 @@ impl Miner {
     }
     fn find(&mut self, worker: &str, roll: bool, avoid_block: bool) -> (Value, [u8; 80]) {
         let n = self.job.clone().expect("test miner");
-        let job = PreparedJob::new(
-            n.coinb1,
-            n.coinb2,
-            n.merkle_branch,
-            n.version,
-            prevhash_from_stratum(&n.prevhash),
-            n.nbits,
-            n.ntime,
-        )
-        .expect("test miner");
+        let job = miner::work::prepared_job(&n).expect("test miner");
         let prefix = job.prefix(&self.en1);
         let target = Difficulty::from_f64(self.diff).expect("test miner").to_target();
         let mut h = BatchHasher::new();
