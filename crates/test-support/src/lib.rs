@@ -129,21 +129,28 @@ impl Miner {
         let prefix = job.prefix(&self.en1);
         let target = Difficulty::from_f64(self.diff).expect("test miner").to_target();
         let mut h = BatchHasher::new();
-        // Bounded: a search that cannot succeed fails the test instead of spinning.
-        for _ in 0..200 {
+        let top = sha256d::target_top_word(&target.to_le_bytes());
+        let mut hits = Vec::new();
+        // Bounded (2^32 hashes, ~2 minutes): a search that cannot succeed fails the test instead of
+        // spinning. The nonce kernel pre-filters; every candidate is checked with the share hasher.
+        for _ in 0..4096 {
             self.en2 += 1;
             let en2 = self.en2.to_be_bytes();
             let vbits = if roll { (self.en2 << 13) & self.mask } else { 0 };
             let version = (n.version & !self.mask) | vbits;
-            for nonce in 0..100_000u32 {
-                let c = h.hash_one(&ShareInput {
-                    job: &job,
-                    prefix: &prefix,
-                    en2: &en2,
-                    ntime: n.ntime,
-                    nonce,
-                    version,
-                });
+            let input = |nonce| ShareInput {
+                job: &job,
+                prefix: &prefix,
+                en2: &en2,
+                ntime: n.ntime,
+                nonce,
+                version,
+            };
+            let scan = sha256d::HeaderScan::new(&h.hash_one(&input(0)).header);
+            hits.clear();
+            scan.scan(0, 1 << 20, top, &mut hits);
+            for &nonce in &hits {
+                let c = h.hash_one(&input(nonce));
                 if c.meets(target) && !(avoid_block && c.meets(job.network_target)) {
                     let mut p = vec![
                         json!(worker),
@@ -160,7 +167,7 @@ impl Miner {
             }
         }
         panic!(
-            "no share found in 20M hashes at difficulty {} (avoid_block {avoid_block})",
+            "no share found in 2^32 hashes at difficulty {} (avoid_block {avoid_block})",
             self.diff
         );
     }

@@ -1,0 +1,356 @@
+//! The ledger against real databases: every test runs on SQLite (a temp file) and on PostgreSQL (a
+//! fresh database in the server `scripts/test.sh` starts; `CLOUDMINE_TEST_DATABASE_URL`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use ledger::{Account, Ledger, LedgerError, PlatformAccount, Posted, Posting, Transaction};
+use proptest::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+use units::MilliSats;
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, empty ledger database per backend: (backend name, URL, temp dir kept alive).
+async fn fresh() -> Vec<(&'static str, String, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
+    let mut out = vec![("sqlite", path, Some(dir))];
+    match std::env::var("CLOUDMINE_TEST_DATABASE_URL") {
+        Ok(admin) => {
+            let name = format!(
+                "ledger_{}_{}",
+                std::process::id(),
+                NEXT_DB.fetch_add(1, Ordering::Relaxed)
+            );
+            let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            let base = admin.rsplit_once('/').unwrap().0;
+            out.push(("postgres", format!("{base}/{name}"), None));
+        }
+        Err(_) => {
+            assert!(
+                std::env::var("CLOUDMINE_REQUIRE_POSTGRES").is_err(),
+                "CLOUDMINE_REQUIRE_POSTGRES is set but CLOUDMINE_TEST_DATABASE_URL is not"
+            );
+            eprintln!("PostgreSQL tests SKIPPED: set CLOUDMINE_TEST_DATABASE_URL or run scripts/test.sh");
+        }
+    }
+    out
+}
+
+fn msat(n: u64) -> MilliSats {
+    MilliSats::new(n).unwrap()
+}
+
+fn mined() -> Account {
+    Account::Platform(PlatformAccount::Mined)
+}
+
+fn mint(key: &str, to: &str, n: u64) -> Transaction {
+    Transaction::transfer(key, "block reward", mined(), Account::available(to), msat(n)).unwrap()
+}
+
+#[tokio::test]
+async fn posting_moves_money_and_every_balance_derives_from_entries() {
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        assert_eq!(l.backend(), backend);
+        l.post(&mint("m1", "alice", 5_000_000)).await.unwrap();
+        let t = Transaction::new(
+            "split-1",
+            "pay bob and fees",
+            vec![
+                Posting::debit(Account::available("alice"), msat(3_000_000)).unwrap(),
+                Posting::credit(Account::available("bob"), msat(2_900_000)).unwrap(),
+                Posting::credit(Account::Platform(PlatformAccount::Fees), msat(100_000)).unwrap(),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(l.post(&t).await.unwrap(), Posted::New(_)));
+        assert_eq!(
+            l.balance(&Account::available("alice")).await.unwrap(),
+            2_000_000,
+            "{backend}"
+        );
+        assert_eq!(l.balance(&Account::available("bob")).await.unwrap(), 2_900_000);
+        assert_eq!(l.balance(&mined()).await.unwrap(), -5_000_000);
+        assert_eq!(l.balance(&Account::available("nobody")).await.unwrap(), 0);
+        let h = l.history(&Account::available("alice"), 10).await.unwrap();
+        assert_eq!(
+            h.iter().map(|x| x.msat).collect::<Vec<_>>(),
+            vec![-3_000_000, 5_000_000]
+        );
+        assert_eq!(h[0].key, "split-1");
+        let b = l.balances_of("alice").await.unwrap();
+        assert_eq!(b, vec![("user/alice/available".to_string(), 2_000_000)]);
+        let v = l.verify().await.unwrap();
+        assert!(v.problems.is_empty(), "{backend}: {:?}", v.problems);
+        assert_eq!((v.transactions, v.entries, v.balance_sum), (2, 5, 0));
+        l.close().await;
+        // Reopen: migrations are not re-applied, balances are still there.
+        let l = Ledger::open(&url).await.unwrap();
+        assert_eq!(l.balance(&Account::available("bob")).await.unwrap(), 2_900_000);
+    }
+}
+
+#[tokio::test]
+async fn a_retried_transaction_is_a_no_op_and_a_reused_key_is_refused() {
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        let first = l.post(&mint("block-100", "alice", 1_000)).await.unwrap();
+        let again = l.post(&mint("block-100", "alice", 1_000)).await.unwrap();
+        assert_eq!(again, Posted::Duplicate(first.id()), "{backend}");
+        assert_eq!(l.balance(&Account::available("alice")).await.unwrap(), 1_000);
+        let other = l.post(&mint("block-100", "alice", 2_000)).await;
+        assert!(
+            matches!(other, Err(LedgerError::KeyConflict { existing, .. }) if existing == first.id()),
+            "{other:?}"
+        );
+        assert_eq!(l.balance(&Account::available("alice")).await.unwrap(), 1_000);
+        assert!(l.verify().await.unwrap().problems.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_overdraft_is_refused_and_writes_nothing() {
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        l.post(&mint("m", "alice", 100)).await.unwrap();
+        let t = Transaction::transfer(
+            "pay",
+            "",
+            Account::available("alice"),
+            Account::available("carol"),
+            msat(101),
+        )
+        .unwrap();
+        let r = l.post(&t).await;
+        assert!(
+            matches!(
+                &r,
+                Err(LedgerError::InsufficientFunds {
+                    balance: 100,
+                    posting: -101,
+                    ..
+                })
+            ),
+            "{backend}: {r:?}"
+        );
+        assert_eq!(l.balance(&Account::available("carol")).await.unwrap(), 0);
+        assert_eq!(l.verify().await.unwrap().transactions, 1);
+        // The key was not consumed: the same key with an affordable amount posts.
+        let t = Transaction::transfer(
+            "pay",
+            "",
+            Account::available("alice"),
+            Account::available("carol"),
+            msat(100),
+        )
+        .unwrap();
+        assert!(matches!(l.post(&t).await.unwrap(), Posted::New(_)));
+        assert_eq!(l.halted(), None);
+    }
+}
+
+#[tokio::test]
+async fn a_batch_commits_once_and_each_transaction_stands_alone() {
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        let a = Account::available("a");
+        let b = Account::available("b");
+        let txs = vec![
+            mint("b1", "a", 10),
+            Transaction::transfer("b2", "", a.clone(), Account::available("new-in-batch"), msat(4)).unwrap(),
+            Transaction::transfer("b3", "", b.clone(), a.clone(), msat(1)).unwrap(), // b has nothing
+            Transaction::transfer("b4", "", Account::available("new-in-batch"), b.clone(), msat(4)).unwrap(),
+            mint("b1", "a", 10), // duplicate inside the batch
+        ];
+        let r = l.post_batch(&txs).await.unwrap();
+        assert!(matches!(r[0], Ok(Posted::New(_))), "{backend}");
+        assert!(matches!(r[1], Ok(Posted::New(_))));
+        assert!(matches!(r[2], Err(LedgerError::InsufficientFunds { .. })));
+        assert!(matches!(r[3], Ok(Posted::New(_))));
+        assert!(matches!(r[4], Ok(Posted::Duplicate(_))));
+        assert_eq!(l.balance(&a).await.unwrap(), 6);
+        assert_eq!(l.balance(&b).await.unwrap(), 4);
+        let v = l.verify().await.unwrap();
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        assert_eq!(v.transactions, 3);
+        assert!(matches!(
+            l.post_batch(&vec![mint("x", "a", 1); 10_001]).await,
+            Err(LedgerError::BatchTooLarge(10_001))
+        ));
+    }
+}
+
+/// Raw SQL on the same database, bypassing the Rust checks.
+async fn raw(url: &str, sql: &str) -> Result<u64, String> {
+    let q = sqlx::AssertSqlSafe(sql.to_string());
+    if url.starts_with("postgres") {
+        let p = sqlx::PgPool::connect(url).await.unwrap();
+        let r = sqlx::query(q)
+            .execute(&p)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| e.to_string());
+        p.close().await;
+        r
+    } else {
+        let p = sqlx::SqlitePool::connect(&format!("sqlite://{url}"))
+            .await
+            .unwrap();
+        let r = sqlx::query(q)
+            .execute(&p)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| e.to_string());
+        p.close().await;
+        r
+    }
+}
+
+#[tokio::test]
+async fn the_database_enforces_the_rules_again_and_tampering_halts_the_ledger() {
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        l.post(&mint("m", "alice", 1_000)).await.unwrap();
+        // Entries are immutable; transactions are never deleted; sealed ones never change.
+        for sql in [
+            "UPDATE ledger_entries SET amount_msat = 1",
+            "DELETE FROM ledger_entries",
+            "DELETE FROM ledger_transactions",
+            "UPDATE ledger_transactions SET memo = 'x'",
+            "UPDATE ledger_accounts SET balance_msat = -1 WHERE name = 'user/alice/available'",
+            "INSERT INTO ledger_entries (tx_id, account_id, amount_msat) SELECT id, 1, 0 FROM ledger_transactions",
+        ] {
+            let r = raw(&url, sql).await;
+            assert!(r.is_err(), "{backend}: {sql} was allowed");
+        }
+        // An unbalanced transaction cannot be sealed.
+        raw(&url, "INSERT INTO ledger_transactions (idem_key, fingerprint, memo, posted_at_ms, postings) VALUES ('raw', '', '', 0, 2)")
+            .await
+            .unwrap();
+        raw(&url, "INSERT INTO ledger_entries (tx_id, account_id, amount_msat) SELECT id, 1, 5 FROM ledger_transactions WHERE idem_key = 'raw'")
+            .await
+            .unwrap();
+        raw(&url, "INSERT INTO ledger_entries (tx_id, account_id, amount_msat) SELECT id, 2, -4 FROM ledger_transactions WHERE idem_key = 'raw'")
+            .await
+            .unwrap();
+        let r = raw(
+            &url,
+            "UPDATE ledger_transactions SET sealed = TRUE WHERE idem_key = 'raw'",
+        )
+        .await;
+        assert!(r.unwrap_err().contains("ledger invariant"), "{backend}");
+        // verify sees the unsealed, unbalanced transaction and halts the ledger.
+        let v = l.verify().await.unwrap();
+        assert!(
+            v.problems.iter().any(|p| p.contains("not sealed")),
+            "{:?}",
+            v.problems
+        );
+        assert!(
+            v.problems.iter().any(|p| p.contains("entries sum to 1 msat")),
+            "{:?}",
+            v.problems
+        );
+        assert!(l.halted().is_some());
+        let r = l.post(&mint("after", "alice", 1)).await;
+        assert!(matches!(r, Err(LedgerError::Halted(_))), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_balance_edited_behind_the_ledgers_back_is_found() {
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        l.post(&mint("m", "alice", 1_000)).await.unwrap();
+        assert_eq!(raw(&url, "UPDATE ledger_accounts SET balance_msat = balance_msat + 7 WHERE name = 'user/alice/available'").await, Ok(1));
+        let v = l.verify().await.unwrap();
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.contains("user/alice/available: balance 1007 msat, entries sum to 1000")),
+            "{backend}: {:?}",
+            v.problems
+        );
+        assert!(v.problems.iter().any(|p| p.contains("balances sum to 7")));
+        assert!(matches!(
+            l.post(&mint("m2", "bob", 1)).await,
+            Err(LedgerError::Halted(_))
+        ));
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Mint(usize, u64),
+    Transfer(usize, usize, u64),
+    Retry(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0usize..4, 1u64..1_000_000).prop_map(|(u, n)| Op::Mint(u, n)),
+        (0usize..4, 0usize..4, 1u64..2_000_000).prop_map(|(a, b, n)| Op::Transfer(a, b, n)),
+        (0usize..64).prop_map(Op::Retry),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    /// Random mints, transfers (many overdrafts) and retries of earlier keys: the ledger agrees with a
+    /// model kept in plain integers, every balance is non-negative, all balances sum to zero, and
+    /// verify passes, on both backends.
+    #[test]
+    fn random_sequences_keep_the_books_exact(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            for (backend, url, _keep) in fresh().await {
+                let l = Ledger::open(&url).await.unwrap();
+                let mut model = [0i64; 4];
+                let mut minted = 0i64;
+                let mut posted: Vec<(Transaction, bool)> = Vec::new();
+                for (i, o) in ops.iter().enumerate() {
+                    let (t, ok) = match o {
+                        Op::Mint(u, n) => (mint(&format!("k{i}"), &format!("u{u}"), *n), true),
+                        Op::Transfer(a, b, n) if a != b => (
+                            Transaction::transfer(&format!("k{i}"), "", Account::available(&format!("u{a}")), Account::available(&format!("u{b}")), msat(*n)).unwrap(),
+                            model[*a] >= i64::try_from(*n).unwrap(),
+                        ),
+                        Op::Transfer(..) => continue,
+                        Op::Retry(j) => match posted.get(*j % posted.len().max(1)) {
+                            Some((t, _)) => {
+                                let r = l.post(t).await.unwrap();
+                                assert!(matches!(r, Posted::Duplicate(_)), "{backend}");
+                                continue;
+                            }
+                            None => continue,
+                        },
+                    };
+                    let r = l.post(&t).await;
+                    assert_eq!(r.is_ok(), ok, "{backend}: {o:?} -> {r:?}");
+                    if ok {
+                        match o {
+                            Op::Mint(u, n) => { model[*u] += i64::try_from(*n).unwrap(); minted += i64::try_from(*n).unwrap(); }
+                            Op::Transfer(a, b, n) => { model[*a] -= i64::try_from(*n).unwrap(); model[*b] += i64::try_from(*n).unwrap(); }
+                            Op::Retry(_) => {}
+                        }
+                        posted.push((t, true));
+                    }
+                }
+                for (u, want) in model.iter().enumerate() {
+                    assert_eq!(l.balance(&Account::available(&format!("u{u}"))).await.unwrap(), *want, "{backend}");
+                }
+                assert_eq!(l.balance(&mined()).await.unwrap(), -minted);
+                let v = l.verify().await.unwrap();
+                assert!(v.problems.is_empty(), "{backend}: {:?}", v.problems);
+                l.close().await;
+            }
+        });
+    }
+}
