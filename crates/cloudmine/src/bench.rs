@@ -39,6 +39,21 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 0.0)]
         share_rate: f64,
     },
+    /// Balanced ledger transactions per second (durable batches), on SQLite or PostgreSQL.
+    Ledger {
+        /// `postgres://…`, `sqlite://PATH` or a path; default: a SQLite file in a temp directory.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Transfers to post.
+        #[arg(long, default_value_t = 200_000)]
+        transactions: usize,
+        /// Transactions per database transaction (one commit each).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Users the transfers move between.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+    },
     /// (internal) one load process of `bench pool`.
     #[command(hide = true)]
     PoolLoad {
@@ -71,6 +86,21 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             warmup,
             share_rate,
         } => crate::loadgen::orchestrate(connections.max(1), processes.max(1), seconds, warmup, share_rate),
+        BenchCmd::Ledger {
+            database_url,
+            transactions,
+            batch,
+            users,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(ledger_bench(
+                database_url,
+                transactions,
+                batch.clamp(1, ledger::store::BATCH_MAX),
+                users.max(2),
+            )),
         BenchCmd::PoolLoad {
             addr,
             connections,
@@ -228,4 +258,74 @@ fn validate(runs: usize, seconds: f64, batch: usize) -> anyhow::Result<()> {
     );
     println!("(checksum {sink} {accepted})");
     Ok(())
+}
+
+async fn ledger_bench(url: Option<String>, n: usize, batch: usize, users: usize) -> anyhow::Result<()> {
+    use ledger::{Account, Ledger, PlatformAccount, Transaction};
+    use units::MilliSats;
+    let dir = tempfile_dir()?;
+    let url = url.unwrap_or_else(|| dir.join("ledger.sqlite").to_string_lossy().into_owned());
+    let l = Ledger::open(&url).await?;
+    let run = std::process::id();
+    let msat = |v: u64| MilliSats::new(v).map_err(|e| anyhow::anyhow!("{e}"));
+    let user = |i: usize| Account::available(&format!("bench{run}-{i}"));
+    // Fund every user (not timed).
+    let funding: Vec<Transaction> = (0..users)
+        .map(|i| {
+            Transaction::transfer(
+                &format!("fund-{run}-{i}"),
+                "bench funding",
+                Account::Platform(PlatformAccount::Mined),
+                user(i),
+                msat(1_000_000_000)?,
+            )
+            .map_err(anyhow::Error::from)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for chunk in funding.chunks(batch) {
+        l.post_batch(chunk).await?;
+    }
+    // Transfers between pseudo-random pairs, 1..1000 msat each: never an overdraft.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut txs = Vec::with_capacity(n);
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let a = (x % users as u64) as usize;
+        let b = (a + 1 + ((x >> 20) % (users as u64 - 1)) as usize) % users;
+        txs.push(Transaction::transfer(
+            &format!("t-{run}-{i}"),
+            "bench transfer",
+            user(a),
+            user(b),
+            msat(1 + (x >> 40) % 1000)?,
+        )?);
+    }
+    let start = Instant::now();
+    let mut refused = 0usize;
+    for chunk in txs.chunks(batch) {
+        refused += l.post_batch(chunk).await?.iter().filter(|r| r.is_err()).count();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let v = l.verify().await?;
+    println!(
+        "ledger bench ({}): {n} transfers in batches of {batch} among {users} users: {:.3} s, {:.0} transactions/s, {refused} refused; verify {:.2} s over {} transactions: {}",
+        l.backend(),
+        secs,
+        n as f64 / secs,
+        t.elapsed().as_secs_f64(),
+        v.transactions,
+        if v.problems.is_empty() { "ok".to_string() } else { v.problems.join("; ") }
+    );
+    l.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("cloudmine-bench-ledger-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
 }

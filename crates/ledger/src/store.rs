@@ -1,11 +1,12 @@
 //! The ledger in a database: SQLite (a file in the data directory, the default) or PostgreSQL
 //! (`postgres://…`), one schema, versioned migrations applied at open.
 //!
-//! Posting one [`Transaction`] is one database transaction: insert the transaction row (its
-//! idempotency key is unique; a repeated key with the same content returns the first posting, with
-//! other content it is refused), insert every entry, move every balance with a conditional update
-//! (`… WHERE allow_negative OR balance + amount >= 0`, so an overdraft is a typed error and nothing is
-//! written), then seal the transaction, which the schema allows only if its entries balance.
+//! Posting is set-based: a batch of transactions is one database transaction of a few multi-row
+//! statements. Read the batch's keys that already exist and the balances of every account involved
+//! (locked on PostgreSQL); decide each transaction in order in memory ([`Plan`]: a repeated key with
+//! the same content returns the first posting, with other content it is refused; an overdraft is a
+//! typed refusal and writes nothing); insert the accepted transactions and their entries, move the
+//! balances, and seal the transactions, which the schema allows only if their entries balance.
 //!
 //! The database enforces the invariants a second time (CHECK constraints, triggers: balanced and
 //! complete on seal, entries and sealed transactions immutable, non-negative balances). If it ever
@@ -35,6 +36,185 @@ pub const PG_CONNECTIONS_MAX: u32 = 8;
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most transactions in one [`Ledger::post_batch`].
 pub const BATCH_MAX: usize = 10_000;
+/// Most bind parameters per statement (below SQLite's 32,766 and PostgreSQL's 65,535).
+const PARAMS_MAX: usize = 6_000;
+
+/// `($1,$2,…),(…)` (PostgreSQL) or `(?,?,…),(…)` (SQLite) for `rows` rows of `cols` columns. SQLite
+/// gets anonymous `?`: looking up `$n` names costs it O(n) per parameter, O(n²) per statement.
+fn placeholders(rows: usize, cols: usize, numbered: bool) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    let mut n = 1;
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        if cols > 1 {
+            out.push('(');
+        }
+        for c in 0..cols {
+            if c > 0 {
+                out.push(',');
+            }
+            if numbered {
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push('?');
+            }
+            n += 1;
+        }
+        if cols > 1 {
+            out.push(')');
+        }
+    }
+    out
+}
+
+/// What a batch will do, decided in memory from the keys and balances read at its start: each
+/// transaction in order is a duplicate (same key, same content), a key conflict, refused (a balance
+/// would go negative or past ±21 M BTC, given every earlier accepted transaction of the batch), or
+/// accepted. No I/O: the store writes exactly the accepted ones.
+#[derive(Debug)]
+pub struct Plan {
+    outcome: Vec<Planned>,
+    fingerprints: Vec<String>,
+    deltas: HashMap<i64, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Planned {
+    Accept,
+    Duplicate(i64),
+    /// Same key as an earlier transaction of this batch, same content.
+    DuplicateOf(usize),
+    Refuse(LedgerError),
+}
+
+impl Plan {
+    /// Plans `txs` against the stored keys (`key → (id, fingerprint)`), account ids and balances
+    /// (`id → (balance, allow_negative)`).
+    pub fn new(
+        txs: &[Transaction],
+        existing: &HashMap<String, (i64, String)>,
+        ids: &HashMap<String, i64>,
+        balances: &HashMap<i64, (i64, bool)>,
+    ) -> Result<Plan, LedgerError> {
+        let mut bal: HashMap<i64, (i64, bool)> = balances.clone();
+        let mut outcome = Vec::with_capacity(txs.len());
+        let mut fingerprints = Vec::with_capacity(txs.len());
+        let mut in_batch: HashMap<&str, usize> = HashMap::new();
+        let mut deltas: HashMap<i64, i64> = HashMap::new();
+        for (i, t) in txs.iter().enumerate() {
+            let fp = t.fingerprint();
+            let o = if let Some((id, f)) = existing.get(t.key()) {
+                if *f == fp {
+                    Planned::Duplicate(*id)
+                } else {
+                    Planned::Refuse(LedgerError::KeyConflict {
+                        key: t.key().to_string(),
+                        existing: *id,
+                    })
+                }
+            } else if let Some(&j) = in_batch.get(t.key()) {
+                if fingerprints.get(j) == Some(&fp) {
+                    Planned::DuplicateOf(j)
+                } else {
+                    Planned::Refuse(LedgerError::KeyConflict {
+                        key: t.key().to_string(),
+                        existing: -1,
+                    })
+                }
+            } else {
+                let mut refusal = None;
+                for p in t.postings() {
+                    let name = p.account.name();
+                    let id = ids
+                        .get(&name)
+                        .ok_or_else(|| LedgerError::Invariant(format!("account {name} has no id")))?;
+                    let (b, neg) = bal.get(id).copied().unwrap_or((0, p.account.allow_negative()));
+                    let after = i128::from(b) + i128::from(p.msat);
+                    if !neg && after < 0 {
+                        refusal = Some(LedgerError::InsufficientFunds {
+                            account: name,
+                            balance: b,
+                            posting: p.msat,
+                        });
+                        break;
+                    }
+                    if after.unsigned_abs() > crate::model::MAX_MSAT.unsigned_abs() as u128 {
+                        refusal = Some(LedgerError::Overflow { account: name });
+                        break;
+                    }
+                }
+                match refusal {
+                    Some(e) => Planned::Refuse(e),
+                    None => {
+                        for p in t.postings() {
+                            if let Some(id) = ids.get(&p.account.name()) {
+                                let e = bal.entry(*id).or_insert((0, p.account.allow_negative()));
+                                e.0 += p.msat;
+                                *deltas.entry(*id).or_insert(0) += p.msat;
+                            }
+                        }
+                        in_batch.insert(t.key(), i);
+                        Planned::Accept
+                    }
+                }
+            };
+            outcome.push(o);
+            fingerprints.push(fp);
+        }
+        Ok(Plan {
+            outcome,
+            fingerprints,
+            deltas,
+        })
+    }
+
+    fn accepted(&self) -> Vec<usize> {
+        self.outcome
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| **o == Planned::Accept)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn fingerprint(&self, i: usize) -> &str {
+        self.fingerprints.get(i).map_or("", String::as_str)
+    }
+
+    /// Net balance change per account id, sorted by id (non-zero only).
+    fn deltas(&self) -> Vec<(i64, i64)> {
+        let mut v: Vec<(i64, i64)> = self
+            .deltas
+            .iter()
+            .filter(|(_, d)| **d != 0)
+            .map(|(a, d)| (*a, *d))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn results(&self, ids: &HashMap<usize, i64>) -> Vec<Result<Posted, LedgerError>> {
+        self.outcome
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o {
+                Planned::Accept => ids
+                    .get(&i)
+                    .map(|id| Posted::New(*id))
+                    .ok_or_else(|| LedgerError::Invariant("accepted without id".into())),
+                Planned::Duplicate(id) => Ok(Posted::Duplicate(*id)),
+                Planned::DuplicateOf(j) => ids
+                    .get(j)
+                    .map(|id| Posted::Duplicate(*id))
+                    .ok_or_else(|| LedgerError::Invariant("duplicate of an unposted transaction".into())),
+                Planned::Refuse(e) => Err(e.clone()),
+            })
+            .collect()
+    }
+}
 
 /// Why a posting or a read failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +277,9 @@ impl Posted {
         }
     }
 }
+
+/// One result per transaction of a batch, in order.
+pub type BatchResults = Vec<Result<Posted, LedgerError>>;
 
 /// One line of an account's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,121 +378,6 @@ pub struct Ledger {
     halted: Mutex<Option<String>>,
 }
 
-/// Posts one transaction on an open connection (inside a database transaction). Expanded per driver.
-macro_rules! post_on {
-    ($conn:expr, $tx:expr, $now:expr, $ids:expr, $fresh:expr, $added:expr) => {
-        async {
-            let tx: &Transaction = $tx;
-            let fp = tx.fingerprint();
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO ledger_transactions (idem_key, fingerprint, memo, posted_at_ms, postings) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idem_key) DO NOTHING RETURNING id",
-            )
-            .bind(tx.key())
-            .bind(&fp)
-            .bind(tx.memo())
-            .bind($now)
-            .bind(i64::try_from(tx.postings().len()).unwrap_or(i64::MAX))
-            .fetch_optional(&mut *$conn)
-            .await
-            .map_err(classify)?;
-            match inserted {
-                None => {
-                    let row =
-                        sqlx::query("SELECT id, fingerprint FROM ledger_transactions WHERE idem_key = $1")
-                            .bind(tx.key())
-                            .fetch_one(&mut *$conn)
-                            .await
-                            .map_err(classify)?;
-                    let id: i64 = row.try_get(0).map_err(classify)?;
-                    let existing: String = row.try_get(1).map_err(classify)?;
-                    if existing == fp {
-                        Ok::<Posted, LedgerError>(Posted::Duplicate(id))
-                    } else {
-                        Err(LedgerError::KeyConflict {
-                            key: tx.key().to_string(),
-                            existing: id,
-                        })
-                    }
-                }
-                Some(tx_id) => {
-                    for p in tx.postings() {
-                        let name = p.account.name();
-                        let cached = $ids.lock().ok().and_then(|m| m.get(&name).copied());
-                        let account_id = match cached.or_else(|| $fresh.get(&name).copied()) {
-                            Some(id) => id,
-                            None => {
-                                sqlx::query(
-                                    "INSERT INTO ledger_accounts (name, allow_negative) VALUES ($1, $2) \
-                                 ON CONFLICT (name) DO NOTHING",
-                                )
-                                .bind(&name)
-                                .bind(p.account.allow_negative())
-                                .execute(&mut *$conn)
-                                .await
-                                .map_err(classify)?;
-                                let id: i64 =
-                                    sqlx::query_scalar("SELECT id FROM ledger_accounts WHERE name = $1")
-                                        .bind(&name)
-                                        .fetch_one(&mut *$conn)
-                                        .await
-                                        .map_err(classify)?;
-                                $fresh.insert(name.clone(), id);
-                                $added.push(name.clone());
-                                id
-                            }
-                        };
-                        sqlx::query(
-                            "INSERT INTO ledger_entries (tx_id, account_id, amount_msat) VALUES ($1, $2, $3)",
-                        )
-                        .bind(tx_id)
-                        .bind(account_id)
-                        .bind(p.msat)
-                        .execute(&mut *$conn)
-                        .await
-                        .map_err(classify)?;
-                        let moved = sqlx::query(
-                            "UPDATE ledger_accounts SET balance_msat = balance_msat + $1 WHERE id = $2 \
-                         AND (allow_negative OR balance_msat + $1 >= 0) \
-                         AND balance_msat + $1 BETWEEN -2100000000000000000 AND 2100000000000000000",
-                        )
-                        .bind(p.msat)
-                        .bind(account_id)
-                        .execute(&mut *$conn)
-                        .await
-                        .map_err(classify)?
-                        .rows_affected();
-                        if moved != 1 {
-                            let balance: i64 =
-                                sqlx::query_scalar("SELECT balance_msat FROM ledger_accounts WHERE id = $1")
-                                    .bind(account_id)
-                                    .fetch_one(&mut *$conn)
-                                    .await
-                                    .map_err(classify)?;
-                            return Err(if i128::from(balance) + i128::from(p.msat) < 0 {
-                                LedgerError::InsufficientFunds {
-                                    account: name,
-                                    balance,
-                                    posting: p.msat,
-                                }
-                            } else {
-                                LedgerError::Overflow { account: name }
-                            });
-                        }
-                    }
-                    sqlx::query("UPDATE ledger_transactions SET sealed = TRUE WHERE id = $1")
-                        .bind(tx_id)
-                        .execute(&mut *$conn)
-                        .await
-                        .map_err(classify)?;
-                    Ok(Posted::New(tx_id))
-                }
-            }
-        }
-        .await
-    };
-}
-
 impl Ledger {
     /// Opens (creating if needed) the ledger at `url`: `postgres://…`, `sqlite://PATH` or a plain
     /// path to a SQLite file. Applies pending migrations.
@@ -395,41 +463,16 @@ impl Ledger {
         }
     }
 
-    fn after(&self, r: &Result<Posted, LedgerError>) {
-        if let Err(LedgerError::Invariant(why)) = r {
-            self.halt(why);
-        }
-    }
-
-    /// Posts one transaction.
+    /// Posts one transaction (a batch of one).
     pub async fn post(&self, tx: &Transaction) -> Result<Posted, LedgerError> {
-        self.check_halted()?;
-        let now = now_ms();
-        let mut fresh: HashMap<String, i64> = HashMap::new();
-        let mut added: Vec<String> = Vec::new();
-        let r: Result<Posted, LedgerError> = on_pool!(&self.db, pool => async {
-            let mut dbtx = pool.begin().await.map_err(classify)?;
-            let r = post_on!(&mut *dbtx, tx, now, self.ids, fresh, added);
-            match r {
-                Ok(p) => {
-                    dbtx.commit().await.map_err(classify)?;
-                    Ok(p)
-                }
-                Err(e) => {
-                    let _ = dbtx.rollback().await;
-                    Err(e)
-                }
-            }
-        }.await);
-        if r.is_ok() {
-            self.remember(fresh);
-        }
-        self.after(&r);
-        r
+        let mut r = self.post_batch(std::slice::from_ref(tx)).await?;
+        r.pop()
+            .unwrap_or_else(|| Err(LedgerError::Unavailable("empty batch result".into())))
     }
 
-    /// Posts many transactions in one database transaction (one commit, one fsync). Each either
-    /// posts or fails on its own (a savepoint each); the outer error is for the database or a halt.
+    /// Posts many transactions in one database transaction (one commit, one fsync), in order. Each
+    /// posts or is refused on its own ([`Plan`]); the outer error is for the database or a halt, and
+    /// then nothing at all was written.
     pub async fn post_batch(
         &self,
         txs: &[Transaction],
@@ -438,46 +481,197 @@ impl Ledger {
         if txs.len() > BATCH_MAX {
             return Err(LedgerError::BatchTooLarge(txs.len()));
         }
+        if txs.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
-        let mut fresh_all: HashMap<String, i64> = HashMap::new();
-        let out: Result<Vec<Result<Posted, LedgerError>>, LedgerError> = on_pool!(&self.db, pool => async {
-            let mut dbtx = pool.begin().await.map_err(classify)?;
-            let mut results = Vec::with_capacity(txs.len());
-            for tx in txs {
-                let mut sp = sqlx::Acquire::begin(&mut *dbtx).await.map_err(classify)?;
-                let mut added: Vec<String> = Vec::new();
-                let r = post_on!(&mut *sp, tx, now, self.ids, fresh_all, added);
-                let r = match r {
-                    Ok(p) => sp.commit().await.map_err(classify).map(|()| p),
-                    Err(e) => {
-                        let _ = sp.rollback().await;
-                        Err(e)
+        let (lock, numbered) = match self.db {
+            Db::Postgres(_) => (" FOR UPDATE", true),
+            Db::Sqlite(_) => ("", false),
+        };
+        let out: Result<(BatchResults, HashMap<String, i64>), LedgerError> = on_pool!(&self.db, pool => async {
+                let mut dbtx = pool.begin().await.map_err(classify)?;
+                let c = &mut *dbtx;
+                // 1. Keys already in the ledger.
+                let keys: Vec<&str> = txs.iter().map(Transaction::key).collect();
+                let mut existing: HashMap<String, (i64, String)> = HashMap::new();
+                for chunk in keys.chunks(PARAMS_MAX) {
+                    let sql = format!(
+                        "SELECT idem_key, id, fingerprint FROM ledger_transactions WHERE idem_key IN ({})",
+                        placeholders(chunk.len(), 1, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for k in chunk {
+                        q = q.bind(*k);
                     }
-                };
-                match r {
-                    Ok(p) => results.push(Ok(p)),
-                    Err(e @ (LedgerError::Invariant(_) | LedgerError::Unavailable(_))) => {
-                        let _ = dbtx.rollback().await;
-                        return Err(e);
-                    }
-                    Err(e) => {
-                        // Accounts created inside the rolled-back savepoint are gone again.
-                        for n in added {
-                            fresh_all.remove(&n);
-                        }
-                        results.push(Err(e));
+                    for row in q.fetch_all(&mut *c).await.map_err(classify)? {
+                        existing.insert(
+                            row.try_get(0).map_err(classify)?,
+                            (row.try_get(1).map_err(classify)?, row.try_get(2).map_err(classify)?),
+                        );
                     }
                 }
+                // 2. Account ids (created if new).
+                let mut names: Vec<(String, bool)> = Vec::new();
+                let mut ids: HashMap<String, i64> = HashMap::new();
+                {
+                    let cache = self.ids.lock().map_err(|_| LedgerError::Halted("ledger id cache poisoned".into()))?;
+                    let mut seen = std::collections::HashSet::new();
+                    for t in txs {
+                        for p in t.postings() {
+                            let n = p.account.name();
+                            if let Some(id) = cache.get(&n) {
+                                ids.insert(n, *id);
+                            } else if seen.insert(n.clone()) {
+                                names.push((n, p.account.allow_negative()));
+                            }
+                        }
+                    }
+                }
+                let mut fresh: HashMap<String, i64> = HashMap::new();
+                for chunk in names.chunks(PARAMS_MAX / 2) {
+                    let sql = format!(
+                        "INSERT INTO ledger_accounts (name, allow_negative) VALUES {} ON CONFLICT (name) DO NOTHING",
+                        placeholders(chunk.len(), 2, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (n, neg) in chunk {
+                        q = q.bind(n.as_str()).bind(*neg);
+                    }
+                    q.execute(&mut *c).await.map_err(classify)?;
+                    let sql = format!(
+                        "SELECT name, id FROM ledger_accounts WHERE name IN ({})",
+                        placeholders(chunk.len(), 1, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (n, _) in chunk {
+                        q = q.bind(n.as_str());
+                    }
+                    for row in q.fetch_all(&mut *c).await.map_err(classify)? {
+                        let n: String = row.try_get(0).map_err(classify)?;
+                        let id: i64 = row.try_get(1).map_err(classify)?;
+                        fresh.insert(n.clone(), id);
+                        ids.insert(n, id);
+                    }
+                }
+                // 3. Current balances of every account involved (locked on PostgreSQL).
+                let mut id_list: Vec<i64> = ids.values().copied().collect();
+                id_list.sort_unstable();
+                id_list.dedup();
+                let mut balances: HashMap<i64, (i64, bool)> = HashMap::new();
+                for chunk in id_list.chunks(PARAMS_MAX) {
+                    let sql = format!(
+                        "SELECT id, balance_msat, allow_negative FROM ledger_accounts WHERE id IN ({}) ORDER BY id{lock}",
+                        placeholders(chunk.len(), 1, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    for row in q.fetch_all(&mut *c).await.map_err(classify)? {
+                        balances.insert(
+                            row.try_get(0).map_err(classify)?,
+                            (row.try_get(1).map_err(classify)?, row.try_get(2).map_err(classify)?),
+                        );
+                    }
+                }
+                // 4. Decide, in order, in memory.
+                let plan = Plan::new(txs, &existing, &ids, &balances)?;
+                // 5. Write: transactions, entries, balances, seals.
+                let mut tx_ids: HashMap<usize, i64> = HashMap::new();
+                let accepted: Vec<usize> = plan.accepted();
+                for chunk in accepted.chunks(PARAMS_MAX / 5) {
+                    let sql = format!(
+                        "INSERT INTO ledger_transactions (idem_key, fingerprint, memo, posted_at_ms, postings) VALUES {} RETURNING id, idem_key",
+                        placeholders(chunk.len(), 5, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for &i in chunk {
+                        let t = txs.get(i).ok_or_else(|| LedgerError::Invariant("plan index out of range".into()))?;
+                        q = q
+                            .bind(t.key())
+                            .bind(plan.fingerprint(i))
+                            .bind(t.memo())
+                            .bind(now)
+                            .bind(i64::try_from(t.postings().len()).unwrap_or(i64::MAX));
+                    }
+                    let by_key: HashMap<&str, usize> = chunk
+                        .iter()
+                        .filter_map(|&i| txs.get(i).map(|t| (t.key(), i)))
+                        .collect();
+                    for row in q.fetch_all(&mut *c).await.map_err(classify)? {
+                        let id: i64 = row.try_get(0).map_err(classify)?;
+                        let key: String = row.try_get(1).map_err(classify)?;
+                        if let Some(&i) = by_key.get(key.as_str()) {
+                            tx_ids.insert(i, id);
+                        }
+                    }
+                }
+                let mut entries: Vec<(i64, i64, i64)> = Vec::new();
+                for &i in &accepted {
+                    let (Some(t), Some(&tx_id)) = (txs.get(i), tx_ids.get(&i)) else {
+                        return Err(LedgerError::Invariant("a planned transaction got no id".into()));
+                    };
+                    for p in t.postings() {
+                        let acc = ids.get(&p.account.name()).copied().ok_or_else(|| LedgerError::Invariant("account without id".into()))?;
+                        entries.push((tx_id, acc, p.msat));
+                    }
+                }
+                for chunk in entries.chunks(PARAMS_MAX / 3) {
+                    let sql = format!(
+                        "INSERT INTO ledger_entries (tx_id, account_id, amount_msat) VALUES {}",
+                        placeholders(chunk.len(), 3, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (t, a, m) in chunk {
+                        q = q.bind(*t).bind(*a).bind(*m);
+                    }
+                    q.execute(&mut *c).await.map_err(classify)?;
+                }
+                let deltas = plan.deltas();
+                for chunk in deltas.chunks(PARAMS_MAX / 2) {
+                    let sql = format!(
+                        "WITH d (account, delta) AS (VALUES {}) \
+                         UPDATE ledger_accounts SET balance_msat = balance_msat + d.delta \
+                         FROM d WHERE ledger_accounts.id = d.account",
+                        placeholders(chunk.len(), 2, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (a, d) in chunk {
+                        q = q.bind(*a).bind(*d);
+                    }
+                    let n = q.execute(&mut *c).await.map_err(classify)?.rows_affected();
+                    if n != chunk.len() as u64 {
+                        return Err(LedgerError::Invariant(format!("balance update touched {n} of {} accounts", chunk.len())));
+                    }
+                }
+                let sealed: Vec<i64> = accepted.iter().filter_map(|i| tx_ids.get(i).copied()).collect();
+                for chunk in sealed.chunks(PARAMS_MAX) {
+                    let sql = format!(
+                        "UPDATE ledger_transactions SET sealed = TRUE WHERE id IN ({})",
+                        placeholders(chunk.len(), 1, numbered)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut *c).await.map_err(classify)?;
+                }
+                dbtx.commit().await.map_err(classify)?;
+                Ok((plan.results(&tx_ids), fresh))
+            }.await);
+        match out {
+            Ok((results, fresh)) => {
+                self.remember(fresh);
+                Ok(results)
             }
-            dbtx.commit().await.map_err(classify)?;
-            Ok(results)
-        }.await);
-        match &out {
-            Ok(_) => self.remember(fresh_all),
-            Err(LedgerError::Invariant(why)) => self.halt(why),
-            Err(_) => {}
+            Err(e) => {
+                if let LedgerError::Invariant(why) = &e {
+                    self.halt(why);
+                }
+                Err(e)
+            }
         }
-        out
     }
 
     /// An account's balance (0 if it never had a posting).
