@@ -473,10 +473,7 @@ impl Ledger {
     /// Posts many transactions in one database transaction (one commit, one fsync), in order. Each
     /// posts or is refused on its own ([`Plan`]); the outer error is for the database or a halt, and
     /// then nothing at all was written.
-    pub async fn post_batch(
-        &self,
-        txs: &[Transaction],
-    ) -> Result<Vec<Result<Posted, LedgerError>>, LedgerError> {
+    pub async fn post_batch(&self, txs: &[Transaction]) -> Result<BatchResults, LedgerError> {
         self.check_halted()?;
         if txs.len() > BATCH_MAX {
             return Err(LedgerError::BatchTooLarge(txs.len()));
