@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod ledger_cmd;
 mod loadgen;
 mod mine;
 mod node;
@@ -27,6 +28,8 @@ pub(crate) enum Command {
     Serve(Box<serve::ServeArgs>),
     /// CPU miner: Stratum V1 client hashing SHA-256d (`--benchmark` without a pool).
     Mine(Box<mine::MineArgs>),
+    /// Read the ledger: balances, history, verify.
+    Ledger(ledger_cmd::LedgerArgs),
     /// Run the embedded dev chain with its Bitcoin Core JSON-RPC face.
     Node(node::NodeArgs),
     /// Benchmarks that print figures (see BENCHMARKS.md).
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
         Command::Mine(args) => mine::run(*args),
+        Command::Ledger(args) => runtime()?.block_on(ledger_cmd::run(args)),
         Command::Node(args) => runtime()?.block_on(node::run(args)),
         Command::Bench { what } => bench::run(what),
     }

@@ -283,3 +283,80 @@ async fn kill_9_of_serve_under_load_loses_no_acknowledged_share_or_block() {
         accepted.len()
     );
 }
+
+#[tokio::test]
+async fn ledger_cli_reads_balances_history_and_verifies() {
+    use ledger::{Account, Ledger, PlatformAccount, Transaction};
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
+        .await
+        .unwrap();
+    let m = |n| units::MilliSats::new(n).unwrap();
+    l.post(
+        &Transaction::transfer(
+            "b1",
+            "block 1",
+            Account::Platform(PlatformAccount::Mined),
+            Account::available("alice"),
+            m(1_500),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    l.post(
+        &Transaction::transfer(
+            "p1",
+            "pay",
+            Account::available("alice"),
+            Account::immature("alice"),
+            m(500),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    l.close().await;
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+            .arg("ledger")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (code, out) = run(&["balance", "alice", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["balances_msat"]["user/alice/available"], 1_000);
+    assert_eq!(v["balances_msat"]["user/alice/immature"], 500);
+    let (_, out) = run(&["history", "alice", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["history"][0]["msat"], -500);
+    assert_eq!(v["history"][1]["key"], "b1");
+    let (code, out) = run(&["verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 transactions, 4 entries"), "{out}");
+    // Tamper with a balance behind the ledger's back: verify fails with exit status 1.
+    let p = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("ledger.sqlite").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE ledger_accounts SET balance_msat = balance_msat + 1 WHERE name = 'user/alice/available'",
+    )
+    .execute(&p)
+    .await
+    .unwrap();
+    p.close().await;
+    let (code, out) = run(&["verify"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("PROBLEM: account user/alice/available: balance 1001 msat"),
+        "{out}"
+    );
+}

@@ -1,0 +1,144 @@
+//! `cloudmine ledger balance|history|verify`: read the ledger that `serve` writes, from the same
+//! `--data-dir` (SQLite, `DATA/ledger.sqlite`) or `--database-url` (PostgreSQL).
+
+use clap::{Args, Subcommand};
+use ledger::{Account, Ledger};
+use std::path::PathBuf;
+
+/// Where the ledger is.
+#[derive(Args, Debug)]
+pub struct LedgerArgs {
+    /// Data directory (the SQLite ledger is `DATA/ledger.sqlite`).
+    #[arg(
+        long,
+        default_value = "./cloudmine-data",
+        env = "CLOUDMINE_DATA_DIR",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// `postgres://…` (overrides the SQLite file in the data directory).
+    #[arg(long, env = "CLOUDMINE_DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub what: LedgerCmd,
+}
+
+/// What to show.
+#[derive(Subcommand, Debug)]
+pub enum LedgerCmd {
+    /// Balances of a user (every bucket) or of one account (`user/<owner>/available`, `platform/fees`, …).
+    Balance {
+        /// Owner (payout address) or full account name.
+        who: String,
+    },
+    /// An account's postings, newest first.
+    History {
+        /// Owner (its available balance) or full account name.
+        who: String,
+        /// Lines at most.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Recompute every balance from the entries and check every invariant (exit status 1 on a problem).
+    Verify,
+}
+
+/// The ledger's location for a data directory and optional database URL.
+pub fn ledger_url(data_dir: &std::path::Path, database_url: Option<&str>) -> String {
+    database_url.map_or_else(
+        || data_dir.join("ledger.sqlite").to_string_lossy().into_owned(),
+        str::to_string,
+    )
+}
+
+fn account(who: &str) -> anyhow::Result<Account> {
+    if who.contains('/') {
+        Ok(Account::parse(who)?)
+    } else {
+        Ok(Account::available(who))
+    }
+}
+
+/// Runs the command.
+pub async fn run(a: LedgerArgs) -> anyhow::Result<()> {
+    if a.database_url.is_none() && !a.data_dir.join("ledger.sqlite").exists() {
+        anyhow::bail!(
+            "no ledger at {}: run `cloudmine serve --data-dir {}` first, or pass --database-url",
+            a.data_dir.join("ledger.sqlite").display(),
+            a.data_dir.display()
+        );
+    }
+    let l = Ledger::open(&ledger_url(&a.data_dir, a.database_url.as_deref())).await?;
+    match a.what {
+        LedgerCmd::Balance { who } => {
+            let rows = if who.contains('/') {
+                let acc = account(&who)?;
+                vec![(acc.name(), l.balance(&acc).await?)]
+            } else {
+                l.balances_of(&who).await?
+            };
+            if a.json {
+                let v: serde_json::Map<String, serde_json::Value> = rows
+                    .iter()
+                    .map(|(n, b)| (n.clone(), serde_json::json!(b)))
+                    .collect();
+                println!("{}", serde_json::json!({"balances_msat": v}));
+            } else if rows.is_empty() {
+                println!("{who}: no accounts");
+            } else {
+                for (n, b) in rows {
+                    println!("{n:<60} {b:>20} msat  ({}.{:03} sat)", b / 1000, (b % 1000).abs());
+                }
+            }
+        }
+        LedgerCmd::History { who, limit } => {
+            let acc = account(&who)?;
+            let lines = l.history(&acc, limit).await?;
+            if a.json {
+                let v: Vec<serde_json::Value> = lines
+                    .iter()
+                    .map(|h| serde_json::json!({"tx": h.tx_id, "key": h.key, "memo": h.memo, "posted_at_ms": h.posted_at_ms, "msat": h.msat}))
+                    .collect();
+                println!("{}", serde_json::json!({"account": acc.name(), "history": v}));
+            } else {
+                println!("{}", acc.name());
+                for h in lines {
+                    println!("  #{:<8} {:>20} msat  {}  {}", h.tx_id, h.msat, h.key, h.memo);
+                }
+            }
+        }
+        LedgerCmd::Verify => {
+            let v = l.verify().await?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": v.problems.is_empty(), "transactions": v.transactions, "entries": v.entries, "accounts": v.accounts, "balance_sum_msat": v.balance_sum, "problems": v.problems})
+                );
+            } else {
+                println!(
+                    "ledger ({}): {} transactions, {} entries, {} accounts, balances sum to {} msat",
+                    l.backend(),
+                    v.transactions,
+                    v.entries,
+                    v.accounts,
+                    v.balance_sum
+                );
+                for p in &v.problems {
+                    println!("PROBLEM: {p}");
+                }
+                if v.problems.is_empty() {
+                    println!("ok: every transaction balanced and sealed, every balance equals its entries");
+                }
+            }
+            l.close().await;
+            if !v.problems.is_empty() {
+                std::process::exit(1);
+            }
+        }
+    }
+    l.close().await;
+    Ok(())
+}
