@@ -54,6 +54,18 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         users: usize,
     },
+    /// PPLNS/TIDES split of a block over a window of shares (in memory, one core).
+    Split {
+        /// Shares in the window.
+        #[arg(long, default_value_t = 10_000_000)]
+        shares: usize,
+        /// Distinct owners.
+        #[arg(long, default_value_t = 1000)]
+        owners: usize,
+        /// Timed runs (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
     /// (internal) one load process of `bench pool`.
     #[command(hide = true)]
     PoolLoad {
@@ -101,6 +113,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 batch.clamp(1, ledger::store::BATCH_MAX),
                 users.max(2),
             )),
+        BenchCmd::Split { shares, owners, runs } => split_bench(shares.max(1), owners.max(1), runs.max(1)),
         BenchCmd::PoolLoad {
             addr,
             connections,
@@ -328,4 +341,39 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("cloudmine-bench-ledger-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+fn split_bench(n: usize, owners: usize, runs: usize) -> anyhow::Result<()> {
+    use ledger::schemes::{window_split, WindowShare};
+    // Shares at difficulties 1..=4096 (work = d · 2^32), owners pseudo-random.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let shares: Vec<WindowShare> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            WindowShare {
+                owner: (x % owners as u64) as u32,
+                work: u128::from(1 + (x >> 32) % 4096) << 32,
+            }
+        })
+        .collect();
+    let total: u128 = shares.iter().map(|s| s.work).sum();
+    // The window covers all but the oldest ~1 % of the shares, so the walk visits ~99 % of them.
+    let window = total - total / 100;
+    let part = units::MilliSats::new(312_500_000_000).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut times = Vec::new();
+    let mut paid = 0u64;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let split = window_split(&shares, window, owners, part)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        paid = split.iter().map(|s| s.1).sum();
+    }
+    let (mid, lo, hi) = median(&mut times);
+    println!(
+        "PPLNS/TIDES split: {n} shares, {owners} owners, window = 99 % of the work: median {mid:.1} ms (min {lo:.1}, max {hi:.1}, {runs} runs); paid {paid} msat of {} (exact)",
+        part.to_msat()
+    );
+    Ok(())
 }

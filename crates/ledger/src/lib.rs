@@ -1,10 +1,12 @@
 //! The ledger: where money lives. Double-entry, append-only, idempotent, in integer millisatoshis.
 //!
 //! * [`model`]: accounts and balanced transactions as types (the first enforcement of every rule).
+//! * [`schemes`]: the payout formulas (PPS, FPPS, PPLNS, TIDES windows, coinbase payees), exact.
 //! * [`store`]: the ledger in SQLite or PostgreSQL, one schema with the rules enforced again by
 //!   constraints and triggers, posting, balances, history and `verify`.
 
 pub mod model;
+pub mod schemes;
 pub mod store;
 
 pub use model::{Account, PlatformAccount, Posting, Transaction, TxError, UserBucket};
