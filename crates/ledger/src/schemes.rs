@@ -105,6 +105,9 @@ pub fn expected_fees(recent: &[MilliSats]) -> MilliSats {
         .unwrap_or(MilliSats::ZERO)
 }
 
+/// Amounts by owner index: `(owner, amount)`.
+pub type Amounts = Vec<(u32, u64)>;
+
 /// One accepted share in a PPLNS/TIDES window: who (an index into the caller's owner table) and
 /// its credited work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +148,7 @@ pub fn window_split(
 
 /// `amount · w_i / total` for each weight, floored, then the leftover millisatoshis to the largest
 /// remainders: the result adds up to exactly `amount` (or is empty when there is no weight).
-pub fn split_by_weight(weights: &[u128], total: u128, amount: u64) -> Result<Vec<(u32, u64)>, SchemeError> {
+pub fn split_by_weight(weights: &[u128], total: u128, amount: u64) -> Result<Amounts, SchemeError> {
     if total == 0 || amount == 0 {
         return Ok(Vec::new());
     }
@@ -194,11 +197,7 @@ pub fn split_by_weight(weights: &[u128], total: u128, amount: u64) -> Result<Vec
 /// `(coinbase outputs in sat by owner, balance credits in msat by owner)`: an owner paid in the
 /// coinbase gets its sub-satoshi remainder as a balance credit, everyone else accrues the whole
 /// amount. Sum of outputs·1000 + credits = sum of the split, exactly.
-pub fn coinbase_payees(
-    split: &[(u32, u64)],
-    max_outputs: usize,
-    min_output_sat: u64,
-) -> (Vec<(u32, u64)>, Vec<(u32, u64)>) {
+pub fn coinbase_payees(split: &[(u32, u64)], max_outputs: usize, min_output_sat: u64) -> (Amounts, Amounts) {
     let mut order: Vec<&(u32, u64)> = split.iter().collect();
     order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut outputs = Vec::new();
