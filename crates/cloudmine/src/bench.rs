@@ -38,6 +38,10 @@ pub enum BenchCmd {
         /// Shares per second per connection (0: as fast as replies come back).
         #[arg(long, default_value_t = 0.0)]
         share_rate: f64,
+        /// Submits kept in flight per connection when unpaced (real firmware pipelines; 1 = strict
+        /// request-reply).
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
     },
     /// Balanced ledger transactions per second (durable batches), on SQLite or PostgreSQL.
     Ledger {
@@ -84,6 +88,9 @@ pub enum BenchCmd {
         /// Shares per second per connection (0: unpaced).
         #[arg(long, default_value_t = 0.0)]
         share_rate: f64,
+        /// Submits in flight per connection.
+        #[arg(long, default_value_t = 1)]
+        pipeline: usize,
     },
 }
 
@@ -97,7 +104,15 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             seconds,
             warmup,
             share_rate,
-        } => crate::loadgen::orchestrate(connections.max(1), processes.max(1), seconds, warmup, share_rate),
+            pipeline,
+        } => crate::loadgen::orchestrate(
+            connections.max(1),
+            processes.max(1),
+            seconds,
+            warmup,
+            share_rate,
+            pipeline.clamp(1, 64),
+        ),
         BenchCmd::Ledger {
             database_url,
             transactions,
@@ -120,6 +135,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             seconds,
             warmup,
             share_rate,
+            pipeline,
         } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -130,6 +146,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 seconds,
                 warmup,
                 share_rate,
+                pipeline.clamp(1, 64),
             )),
     }
 }

@@ -30,6 +30,7 @@ pub fn orchestrate(
     seconds: u64,
     warmup: u64,
     share_rate: f64,
+    pipeline: usize,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cloudmine-bench-{}", std::process::id()));
@@ -104,6 +105,8 @@ pub fn orchestrate(
                 &warmup.to_string(),
                 "--share-rate",
                 &share_rate.to_string(),
+                "--pipeline",
+                &pipeline.to_string(),
             ])
             .stdout(Stdio::piped())
             .stdin(Stdio::piped())
@@ -194,6 +197,7 @@ pub fn orchestrate(
     let report = json!({
         "connections": connections,
         "share_rate_per_connection": share_rate,
+        "submits_in_flight_per_connection": pipeline,
         "load_processes": processes,
         "seconds": measured_s,
         "accepted_shares_per_s": accepted as f64 / measured_s.max(1e-9),
@@ -237,6 +241,7 @@ pub async fn load(
     seconds: u64,
     warmup: u64,
     share_rate: f64,
+    pipeline: usize,
 ) -> anyhow::Result<()> {
     let go = Arc::new(tokio::sync::Notify::new());
     let started = Arc::new(AtomicBool::new(false));
@@ -261,7 +266,7 @@ pub async fn load(
             // Stagger connects a little so the accept queue is not flooded.
             tokio::time::sleep(Duration::from_micros((i as u64 % 1000) * 50)).await;
             miner(
-                addr, i, go, started, stop, measuring, counters, ready_tx, share_rate, clean,
+                addr, i, go, started, stop, measuring, counters, ready_tx, share_rate, clean, pipeline,
             )
             .await
         }));
@@ -329,6 +334,7 @@ async fn miner(
     ready: tokio::sync::mpsc::Sender<()>,
     share_rate: f64,
     clean: Arc<[AtomicU64; 3]>,
+    pipeline: usize,
 ) -> anyhow::Result<Vec<u32>> {
     // Paced miners start at a random phase and then submit every 1/rate seconds.
     let period = (share_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / share_rate));
@@ -410,6 +416,10 @@ async fn miner(
     let mut en2 = 0u32;
     let mut lat = Vec::new();
     let mut id = 10u64;
+    // Paced miners keep one submit in flight; unpaced ones keep `pipeline` (as ASIC firmware does).
+    let depth = if period.is_some() { 1 } else { pipeline.max(1) };
+    let mut inflight: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let mut batch = String::new();
     let mut next_at =
         tokio::time::Instant::now() + period.map_or(Duration::ZERO, |p| p.mul_f64((i % 997) as f64 / 997.0));
     while !stop.load(Ordering::Relaxed) {
@@ -417,34 +427,42 @@ async fn miner(
             tokio::time::sleep_until(next_at).await;
             next_at += p;
         }
-        let Some((pj, prefix, job_id, ntime)) = job.as_ref() else {
-            break;
-        };
-        let target = Difficulty::from_f64(diff).unwrap_or(Difficulty::MIN).to_target();
-        let mut found = None;
-        'search: for _ in 0..1000 {
-            en2 = en2.wrapping_add(1);
-            let e = en2.to_be_bytes();
-            for nonce in 0..64u32 {
-                let c = hasher.hash_one(&ShareInput {
-                    job: pj,
-                    prefix,
-                    en2: &e,
-                    ntime: *ntime,
-                    nonce,
-                    version: pj.version,
-                });
-                if c.meets(target) && !c.meets(pj.network_target) {
-                    found = Some((e, nonce));
-                    break 'search;
+        while inflight.len() < depth {
+            let Some((pj, prefix, job_id, ntime)) = job.as_ref() else {
+                return Ok(lat);
+            };
+            let target = Difficulty::from_f64(diff).unwrap_or(Difficulty::MIN).to_target();
+            let mut found = None;
+            'search: for _ in 0..1000 {
+                en2 = en2.wrapping_add(1);
+                let e = en2.to_be_bytes();
+                for nonce in 0..64u32 {
+                    let c = hasher.hash_one(&ShareInput {
+                        job: pj,
+                        prefix,
+                        en2: &e,
+                        ntime: *ntime,
+                        nonce,
+                        version: pj.version,
+                    });
+                    if c.meets(target) && !c.meets(pj.network_target) {
+                        found = Some((e, nonce));
+                        break 'search;
+                    }
                 }
             }
+            let Some((e, nonce)) = found else { return Ok(lat) };
+            id += 1;
+            let submit = json!({"id": id, "method": "mining.submit", "params": [user, job_id, stratum::to_hex(&e), format!("{ntime:08x}"), format!("{nonce:08x}")]});
+            batch.push_str(&submit.to_string());
+            batch.push('\n');
+            inflight.push_back(Instant::now());
         }
-        let Some((e, nonce)) = found else { break };
-        id += 1;
-        let submit = json!({"id": id, "method": "mining.submit", "params": [user, job_id, stratum::to_hex(&e), format!("{ntime:08x}"), format!("{nonce:08x}")]});
-        let t = Instant::now();
-        w.write_all(format!("{submit}\n").as_bytes()).await?;
+        if !batch.is_empty() {
+            w.write_all(batch.as_bytes()).await?;
+            batch.clear();
+        }
+        // Read until at least one reply.
         loop {
             line.clear();
             if r.read_line(&mut line).await? == 0 {
@@ -452,6 +470,7 @@ async fn miner(
             }
             match Incoming::parse(line.trim_end().as_bytes()) {
                 Ok(Incoming::Response { result, error, .. }) => {
+                    let t = inflight.pop_front().unwrap_or_else(Instant::now);
                     let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
                     if measuring.load(Ordering::Relaxed) {
                         lat.push(us);

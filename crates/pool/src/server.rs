@@ -19,6 +19,7 @@ use crate::share_log::ShareLog;
 pub use crate::stats::PoolStats;
 use chain::Backend;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -277,6 +278,12 @@ async fn say_reconnect(stream: &mut TcpStream, out: &mut String) {
 }
 
 /// Serves one miner until it leaves, breaks a rule, or the pool shuts down. Returns why it ended.
+/// One request's place in the reply order.
+enum Reply {
+    Lines(Vec<String>),
+    Pending(crate::session::PendingShare),
+}
+
 async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: CancellationToken) -> &'static str {
     let en1 = shared.next_en1.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     let start = Instant::now();
@@ -334,6 +341,11 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                     Ok(true) => {}
                 }
                 last_activity = Instant::now();
+                // Replies in request order; a valid share's reply waits for its group commit, and
+                // every share of this read is queued before any is awaited, so pipelined submits
+                // share one commit.
+                let mut replies: VecDeque<Reply> = VecDeque::new();
+                let mut close: Option<(&'static str, bool)> = None;
                 loop {
                     let line = match lines.next_line() {
                         Ok(Some(l)) => l.to_vec(),
@@ -360,21 +372,37 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                             session.malformed(shared, &serde_json::Value::Null, &e.to_string())
                         }
                     };
-                    for l in &outcome.lines {
+                    if let Some(p) = outcome.pending {
+                        replies.push_back(Reply::Pending(p));
+                    }
+                    if !outcome.lines.is_empty() {
+                        replies.push_back(Reply::Lines(outcome.lines));
+                    }
+                    if let Some(reason) = outcome.close {
+                        close = Some((reason, outcome.ban));
+                        break;
+                    }
+                }
+                for r in replies {
+                    let lines = match r {
+                        Reply::Lines(l) => l,
+                        Reply::Pending(p) => Box::pin(session.finish(shared, p, now_ms())).await,
+                    };
+                    for l in &lines {
                         if l.contains("\"result\":false") || l.contains("\"error\":[") {
                             shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
                         }
                         out.push_str(l);
                     }
-                    if let Some(reason) = outcome.close {
-                        let _ = stream.write_all(out.as_bytes()).await;
-                        if outcome.ban {
-                            if let Ok(peer) = stream.peer_addr() {
-                                shared.bans.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.ip(), Instant::now() + shared.cfg.ban_duration);
-                            }
+                }
+                if let Some((reason, ban)) = close {
+                    let _ = stream.write_all(out.as_bytes()).await;
+                    if ban {
+                        if let Ok(peer) = stream.peer_addr() {
+                            shared.bans.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.ip(), Instant::now() + shared.cfg.ban_duration);
                         }
-                        return reason;
                     }
+                    return reason;
                 }
             }
         }

@@ -18,7 +18,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use stratum::server_to_client::{error_line, result_line, subscribe_result};
 use stratum::{code, ClientRequest, ServerMessage, Submit};
+
 use units::Difficulty;
+
+/// A valid share queued for the group commit: its reply (`true`) waits for [`Session::finish`].
+#[derive(Debug)]
+pub struct PendingShare {
+    id: Value,
+    committed: crate::share_log::Committed,
+    address: String,
+    worker: String,
+    assigned: Difficulty,
+    achieved: Difficulty,
+    started: std::time::Instant,
+}
 
 /// What the connection should do after a request.
 #[derive(Debug, Default)]
@@ -29,6 +42,8 @@ pub struct Outcome {
     pub close: Option<&'static str>,
     /// Ban the peer's IP.
     pub ban: bool,
+    /// A share waiting for its commit; its reply comes before `lines` (see [`Session::finish`]).
+    pub pending: Option<PendingShare>,
 }
 
 struct ConnJob {
@@ -37,6 +52,8 @@ struct ConnJob {
     cb: Arc<JobCoinbase>,
     prefix: CoinbasePrefix,
     difficulty: Difficulty,
+    /// `difficulty.to_target()`, computed once per job send (a 256-bit division).
+    target: units::Target,
 }
 
 /// The parsed submission, the duplicate key (stratum-v1.md §9 step 5).
@@ -151,7 +168,17 @@ impl Session {
                 Ok(json!(true))
             }
             ClientRequest::Submit(s) => {
-                let res = self.submit(shared, s, now_ms).await;
+                let started = std::time::Instant::now();
+                let res = self.submit_inner(shared, s, now_ms).await;
+                if res.is_err() {
+                    shared.stats.observe_latency(started.elapsed().as_secs_f64());
+                }
+                let res = res.map(|mut p| {
+                    p.id = id.clone();
+                    p.started = started;
+                    out.pending = Some(p);
+                    Value::Null
+                });
                 match &res {
                     Ok(_) => self.invalid_streak = 0,
                     Err((c, _)) if *c != code::JOB_NOT_FOUND => {
@@ -167,7 +194,7 @@ impl Session {
             }
             ClientRequest::Unknown(_) => Err((code::OTHER, "Unsupported method".to_string())),
         };
-        if !notify_only {
+        if !notify_only && out.pending.is_none() {
             out.lines.push(match reply {
                 Ok(v) => result_line(&id, v),
                 Err((c, m)) => error_line(&id, c, &m),
@@ -303,6 +330,7 @@ impl Session {
             cb,
             prefix,
             difficulty: d,
+            target: d.to_target(),
         });
         while self.jobs.len() > shared.cfg.jobs_kept.max(1) {
             if let Some(old) = self.jobs.pop_front() {
@@ -314,11 +342,51 @@ impl Session {
         lines
     }
 
-    async fn submit(&mut self, shared: &Shared, s: Submit, now_ms: u64) -> Result<Value, (i32, String)> {
-        let started = std::time::Instant::now();
-        let r = self.submit_inner(shared, s, now_ms).await;
-        shared.stats.observe_latency(started.elapsed().as_secs_f64());
-        r
+    /// Waits for a queued share's commit and answers it: `true` once it is durable, error 20 if the
+    /// log failed (the miner keeps the share). Then credits it (stats, vardiff) and returns the reply
+    /// and any new work a difficulty change calls for.
+    pub async fn finish(&mut self, shared: &Shared, p: PendingShare, now_ms: u64) -> Vec<String> {
+        let durable = p.committed.wait().await;
+        shared.stats.observe_latency(p.started.elapsed().as_secs_f64());
+        let notify_only = p.id.is_null();
+        let mut lines = Vec::new();
+        match durable {
+            Err(e) => {
+                tracing::error!(error = %e, "share not durable; answering with an error so the miner keeps it");
+                if !notify_only {
+                    lines.push(error_line(
+                        &p.id,
+                        code::OTHER,
+                        "Share could not be recorded; retry",
+                    ));
+                }
+                return lines;
+            }
+            Ok(()) => {
+                if !notify_only {
+                    lines.push(result_line(&p.id, json!(true)));
+                }
+            }
+        }
+        self.accepted += 1;
+        self.best = self.best.max(p.achieved);
+        shared
+            .stats
+            .worker_share(&p.address, &p.worker, &self.en1, p.assigned, p.achieved, now_ms);
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.stats.accepted_work.fetch_add(
+            u64::try_from(p.assigned.to_fixed() >> 16).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.vardiff.on_share(p.assigned, now_ms);
+        if self.ready()
+            && self.sent_difficulty.is_some()
+            && Some(wire_difficulty(self.vardiff.current())) != self.sent_difficulty
+        {
+            let jobs = shared.jobs.borrow().clone();
+            lines.extend(self.work_lines(shared, &jobs, false));
+        }
+        lines
     }
 
     async fn submit_inner(
@@ -326,7 +394,7 @@ impl Session {
         shared: &Shared,
         s: Submit,
         now_ms: u64,
-    ) -> Result<Value, (i32, String)> {
+    ) -> Result<PendingShare, (i32, String)> {
         // 1. subscribed, authorized, worker matches
         if !self.subscribed {
             return Err((code::NOT_SUBSCRIBED, "Not subscribed".into()));
@@ -386,7 +454,7 @@ impl Session {
         };
         let check = self.hasher.hash_one(&input);
         let assigned = cj.difficulty;
-        if !check.meets(assigned.to_target()) {
+        if !check.meets(cj.target) {
             return Err((code::LOW_DIFFICULTY, "Low difficulty share".into()));
         }
         self.seen.entry(global).or_default().insert(key);
@@ -410,27 +478,19 @@ impl Session {
             header: check.header,
             is_block,
         };
-        if let Err(e) = shared.log.append_share(rec).await {
-            tracing::error!(error = %e, "share not durable; answering with an error so the miner keeps it");
-            return Err((code::OTHER, "Share could not be recorded; retry".into()));
-        }
-        self.accepted += 1;
-        self.best = self.best.max(check.achieved_difficulty());
-        shared.stats.worker_share(
-            &address,
-            &worker,
-            &self.en1,
+        let committed = shared.log.enqueue_share(rec).await.map_err(|e| {
+            tracing::error!(error = %e, "share log unavailable; answering with an error so the miner keeps the share");
+            (code::OTHER, "Share could not be recorded; retry".to_string())
+        })?;
+        Ok(PendingShare {
+            id: Value::Null,
+            committed,
+            address,
+            worker,
             assigned,
-            check.achieved_difficulty(),
-            now_ms,
-        );
-        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        shared.stats.accepted_work.fetch_add(
-            u64::try_from(assigned.to_fixed() >> 16).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
-        self.vardiff.on_share(assigned, now_ms);
-        Ok(json!(true))
+            achieved: check.achieved_difficulty(),
+            started: std::time::Instant::now(),
+        })
     }
 
     async fn found_block(

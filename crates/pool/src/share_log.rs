@@ -16,6 +16,19 @@ pub const QUEUE_MAX: usize = 65_536;
 /// Records per transaction at most.
 pub const BATCH_MAX: usize = 8_192;
 
+/// The pending acknowledgement of a queued record.
+#[derive(Debug)]
+pub struct Committed(oneshot::Receiver<Result<(), LogError>>);
+
+impl Committed {
+    /// Waits for the commit.
+    pub async fn wait(self) -> Result<(), LogError> {
+        self.0
+            .await
+            .map_err(|_| LogError("writer stopped before committing".into()))?
+    }
+}
+
 /// An accepted share.
 #[derive(Clone, Debug)]
 pub struct ShareRecord {
@@ -127,6 +140,18 @@ impl ShareLog {
     /// Appends a share and waits until it is committed.
     pub async fn append_share(&self, r: ShareRecord) -> Result<(), LogError> {
         self.submit(Record::Share(r)).await
+    }
+
+    /// Queues a share for the next group commit and returns the commit's acknowledgement without
+    /// waiting for it, so a connection can queue several pipelined shares into one commit. The share
+    /// is durable only once [`Committed::wait`] returns `Ok`.
+    pub async fn enqueue_share(&self, r: ShareRecord) -> Result<Committed, LogError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((Record::Share(r), ack))
+            .await
+            .map_err(|_| LogError("writer stopped".into()))?;
+        Ok(Committed(done))
     }
 
     /// Appends a block and waits until it is committed.
