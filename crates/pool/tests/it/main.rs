@@ -456,3 +456,49 @@ async fn http_api_and_metrics() {
     assert_eq!(http_get(http, "/nope").await.0, 404);
     h.pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_submits_are_answered_in_order_and_all_durable() {
+    // Share difficulty 2^-32, half the dev chain's floor: half of all hashes are shares that are not
+    // blocks, so the job stays current through the burst.
+    let h = harness(|c| c.initial_difficulty = Difficulty::MIN).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.pipe");
+    m.handshake(&user).await;
+    // Eight distinct plain shares (none a block, so the job stays current), then one garbage line and
+    // one duplicate of the first, all in one write.
+    let mut burst = String::new();
+    let mut headers = Vec::new();
+    let mut first = None;
+    for i in 0..8u64 {
+        let (p, header) = m.find_plain_share(&user);
+        first.get_or_insert_with(|| p.clone());
+        headers.push(header.to_vec());
+        burst.push_str(&json!({"id": 100 + i, "method": "mining.submit", "params": p}).to_string());
+        burst.push('\n');
+    }
+    burst.push_str("{\"id\":200,\"method\":\"mining.submit\",\"params\":[1]}\n");
+    burst.push_str(&json!({"id": 201, "method": "mining.submit", "params": first.unwrap()}).to_string());
+    burst.push('\n');
+    m.send(&burst).await;
+    for i in 0..8u64 {
+        let r = m.reply().await;
+        assert_eq!(r["id"], 100 + i, "replies in request order");
+        assert_eq!(verdict(&r), Ok(()));
+    }
+    let r = m.reply().await;
+    assert_eq!(r["id"], 200);
+    assert!(verdict(&r).is_err());
+    let r = m.reply().await;
+    assert_eq!(r["id"], 201);
+    assert_eq!(verdict(&r), Err("Duplicate share".to_string()));
+    // Every `true` was durable when it was written.
+    let logged = h.pool.log().headers().await.unwrap();
+    for hd in &headers {
+        assert!(
+            logged.contains(hd),
+            "an acknowledged pipelined share is missing from the log"
+        );
+    }
+    h.pool.shutdown().await;
+}
