@@ -56,6 +56,9 @@ pub fn orchestrate(
         .args([
             "--connections-max",
             &(connections + 100).to_string(),
+            // Every load connection comes from 127.0.0.1.
+            "--connections-per-ip-max",
+            &(connections + 100).to_string(),
             "--dev-rpc-listen",
             "127.0.0.1:0",
             "--dev-rpc-auth",

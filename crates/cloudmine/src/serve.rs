@@ -86,8 +86,8 @@ pub struct ServeArgs {
     /// Open Stratum connections at most (a permit is taken before accept).
     #[arg(long, default_value_t = 20_000)]
     pub connections_max: usize,
-    /// Open Stratum connections per IP address at most.
-    #[arg(long, default_value_t = 20_000)]
+    /// Open Stratum connections per IP address at most (raise for a farm or proxy behind one address).
+    #[arg(long, default_value_t = pool::config::CONNECTIONS_PER_IP_DEFAULT)]
     pub connections_per_ip_max: usize,
     /// Highest share difficulty vardiff may assign.
     #[arg(long, default_value_t = 1099511627776.0)]

@@ -23,6 +23,10 @@ pub enum PayoutScheme {
     Pool(ScriptBuf),
 }
 
+/// Default cap on open connections from one IP address: a large home or small farm fits; a
+/// misbehaving host cannot take the whole server. Farms and proxies behind one address raise it.
+pub const CONNECTIONS_PER_IP_DEFAULT: usize = 1_024;
+
 /// Pool settings.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -40,7 +44,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Open connections in total (a permit is taken before accept).
     pub connections_max: usize,
-    /// Open connections per IP address.
+    /// Open connections per IP address (default [`CONNECTIONS_PER_IP_DEFAULT`]; raise it for a farm
+    /// or a proxy behind one address).
     pub connections_per_ip_max: usize,
     /// Invalid shares (malformed, stale excluded) tolerated in a row before the IP is banned.
     pub invalid_shares_before_ban: u32,
@@ -67,7 +72,7 @@ impl PoolConfig {
             handshake_deadline: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
             connections_max: 20_000,
-            connections_per_ip_max: 20_000,
+            connections_per_ip_max: CONNECTIONS_PER_IP_DEFAULT,
             invalid_shares_before_ban: 100,
             ban_duration: Duration::from_secs(600),
             jobs_kept: 16,
