@@ -58,6 +58,18 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         users: usize,
     },
+    /// Accepted shares ingested into accounting (the ledger's work log), durable per batch.
+    Ingest {
+        /// `postgres://…`, `sqlite://PATH` or a path; default: a SQLite file in a temp directory.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Shares to ingest.
+        #[arg(long, default_value_t = 1_000_000)]
+        shares: usize,
+        /// Shares per call (one database transaction each).
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+    },
     /// PPLNS/TIDES split of a block over a window of shares (in memory, one core).
     Split {
         /// Shares in the window.
@@ -127,6 +139,19 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 transactions,
                 batch.clamp(1, ledger::store::BATCH_MAX),
                 users.max(2),
+            )),
+        BenchCmd::Ingest {
+            database_url,
+            shares,
+            batch,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(ingest_bench(
+                database_url,
+                shares,
+                batch.clamp(1, ledger::store::WORK_INGEST_MAX),
             )),
         BenchCmd::Split { shares, owners, runs } => split_bench(shares.max(1), owners.max(1), runs.max(1)),
         BenchCmd::PoolLoad {
@@ -392,5 +417,39 @@ fn split_bench(n: usize, owners: usize, runs: usize) -> anyhow::Result<()> {
         "PPLNS/TIDES split: {n} shares, {owners} owners, window = 99 % of the work: median {mid:.1} ms (min {lo:.1}, max {hi:.1}, {runs} runs); paid {paid} msat of {} (exact)",
         part.to_msat()
     );
+    Ok(())
+}
+
+async fn ingest_bench(url: Option<String>, n: usize, batch: usize) -> anyhow::Result<()> {
+    use ledger::{Ledger, WorkRecord};
+    let dir = tempfile_dir()?;
+    let url = url.unwrap_or_else(|| dir.join("ledger.sqlite").to_string_lossy().into_owned());
+    let l = Ledger::open(&url).await?;
+    let source = format!("bench-{}", std::process::id());
+    let owners: Vec<String> = (0..1000).map(|i| format!("bcrt1qbenchowner{i:04}")).collect();
+    let records: Vec<WorkRecord> = (0..n)
+        .map(|i| WorkRecord {
+            seq: i as u64,
+            owner: owners[i % owners.len()].clone(),
+            work: (1 + (i as u128 % 4096)) << 32,
+            ts_ms: 1_790_000_000_000 + i as i64,
+        })
+        .collect();
+    let start = Instant::now();
+    let mut new = 0;
+    for chunk in records.chunks(batch) {
+        new += l.ingest_work(&source, chunk).await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Idempotence check: a second pass adds nothing.
+    let again = l.ingest_work(&source, &records[..batch.min(n)]).await?;
+    println!(
+        "ingest bench ({}): {n} shares in batches of {batch}: {secs:.3} s, {:.0} shares/s durable; {new} new, re-ingest of {} added {again}",
+        l.backend(),
+        n as f64 / secs,
+        batch.min(n)
+    );
+    l.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

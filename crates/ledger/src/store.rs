@@ -278,6 +278,22 @@ impl Posted {
     }
 }
 
+/// Most work records per [`Ledger::ingest_work`] call.
+pub const WORK_INGEST_MAX: usize = 50_000;
+
+/// One unit of credited work (an accepted share), identified by its source's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkRecord {
+    /// The source's sequence number (the pool's share log id): the idempotency key.
+    pub seq: u64,
+    /// Who did the work (payout address or user).
+    pub owner: String,
+    /// Credited work in hashes (assigned difficulty · 2^32), below 2^126.
+    pub work: u128,
+    /// When it was accepted (ms since the Unix epoch).
+    pub ts_ms: i64,
+}
+
 /// One result per transaction of a batch, in order.
 pub type BatchResults = Vec<Result<Posted, LedgerError>>;
 
@@ -329,13 +345,26 @@ macro_rules! on_pool {
 
 /// Versioned migrations, embedded in the binary: (version, description, SQL). Same versions and
 /// tables for both backends; only the dialect differs.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "ledger", include_str!("../migrations/sqlite/0001_ledger.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "ledger",
-    include_str!("../migrations/postgres/0001_ledger.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "ledger", include_str!("../migrations/sqlite/0001_ledger.sql")),
+    (
+        2,
+        "work log",
+        include_str!("../migrations/sqlite/0002_work_log.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ledger",
+        include_str!("../migrations/postgres/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "work log",
+        include_str!("../migrations/postgres/0002_work_log.sql"),
+    ),
+];
 
 fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
@@ -783,6 +812,141 @@ impl Ledger {
             self.halt(&format!("verify: {}", r.problems.join("; ")));
         }
         Ok(r)
+    }
+
+    /// Ingests credited work idempotently: a record whose `(source, seq)` is already stored is
+    /// skipped. One database transaction; returns how many records were new. At most
+    /// [`WORK_INGEST_MAX`] records per call.
+    pub async fn ingest_work(&self, source: &str, records: &[WorkRecord]) -> Result<u64, LedgerError> {
+        if records.len() > WORK_INGEST_MAX {
+            return Err(LedgerError::BatchTooLarge(records.len()));
+        }
+        if source.is_empty() || source.len() > 64 {
+            return Err(LedgerError::Tx(crate::model::TxError::Key));
+        }
+        for r in records {
+            if r.owner.is_empty() || r.owner.len() > crate::model::KEY_BYTES_MAX {
+                return Err(LedgerError::Tx(crate::model::TxError::AccountName(
+                    r.owner.chars().take(64).collect(),
+                    "work owner must be 1..=200 bytes",
+                )));
+            }
+            if r.work >> 126 != 0 || i64::try_from(r.seq).is_err() {
+                return Err(LedgerError::Overflow {
+                    account: r.owner.clone(),
+                });
+            }
+        }
+        let split = |w: u128| ((w >> 63) as i64, (w & ((1u128 << 63) - 1)) as i64);
+        match &self.db {
+            Db::Postgres(pool) => {
+                // One statement for the whole batch: the columns travel as arrays.
+                let mut seq = Vec::with_capacity(records.len());
+                let mut owner = Vec::with_capacity(records.len());
+                let mut hi = Vec::with_capacity(records.len());
+                let mut lo = Vec::with_capacity(records.len());
+                let mut ts = Vec::with_capacity(records.len());
+                for r in records {
+                    let (h, l) = split(r.work);
+                    seq.push(i64::try_from(r.seq).unwrap_or(i64::MAX));
+                    owner.push(r.owner.as_str());
+                    hi.push(h);
+                    lo.push(l);
+                    ts.push(r.ts_ms);
+                }
+                let n = sqlx::query(
+                    "INSERT INTO work_log (source, seq, owner, work_hi, work_lo, ts_ms) \
+                     SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[]) \
+                     ON CONFLICT (source, seq) DO NOTHING",
+                )
+                .bind(source)
+                .bind(&seq)
+                .bind(&owner)
+                .bind(&hi)
+                .bind(&lo)
+                .bind(&ts)
+                .execute(pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+                Ok(n)
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(classify)?;
+                let mut n = 0;
+                for chunk in records.chunks(PARAMS_MAX / 6) {
+                    let sql = format!(
+                        "INSERT INTO work_log (source, seq, owner, work_hi, work_lo, ts_ms) VALUES {} \
+                         ON CONFLICT (source, seq) DO NOTHING",
+                        placeholders(chunk.len(), 6, false)
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for r in chunk {
+                        let (h, l) = split(r.work);
+                        q = q
+                            .bind(source)
+                            .bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
+                            .bind(r.owner.as_str())
+                            .bind(h)
+                            .bind(l)
+                            .bind(r.ts_ms);
+                    }
+                    n += q.execute(&mut *tx).await.map_err(classify)?.rows_affected();
+                }
+                tx.commit().await.map_err(classify)?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// The highest `seq` ingested from `source` (to resume ingestion after a restart).
+    pub async fn work_high_water(&self, source: &str) -> Result<Option<u64>, LedgerError> {
+        let v: Option<i64> = on_pool!(&self.db, pool => sqlx::query_scalar("SELECT MAX(seq) FROM work_log WHERE source = $1")
+            .bind(source)
+            .fetch_one(pool)
+            .await
+            .map_err(classify)?);
+        Ok(v.and_then(|x| u64::try_from(x).ok()))
+    }
+
+    /// The last `window` of work from `source`, newest record first, as `(owner, work)`; the record
+    /// that crosses the window's edge counts only with its part inside (PPLNS/TIDES).
+    pub async fn work_window(&self, source: &str, window: u128) -> Result<Vec<(String, u128)>, LedgerError> {
+        let mut out = Vec::new();
+        let mut left = window;
+        let mut before = i64::MAX;
+        while left > 0 {
+            let page: Vec<(i64, String, i64, i64)> = on_pool!(&self.db, pool => {
+                let rows = sqlx::query(
+                    "SELECT seq, owner, work_hi, work_lo FROM work_log WHERE source = $1 AND seq < $2 \
+                     ORDER BY seq DESC LIMIT 10000",
+                )
+                .bind(source)
+                .bind(before)
+                .fetch_all(pool)
+                .await
+                .map_err(classify)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0).map_err(classify)?, r.try_get(1).map_err(classify)?, r.try_get(2).map_err(classify)?, r.try_get(3).map_err(classify)?)))
+                    .collect::<Result<Vec<_>, LedgerError>>()?
+            });
+            if page.is_empty() {
+                break;
+            }
+            for (seq, owner, hi, lo) in page {
+                before = seq;
+                let w = (u128::from(hi.unsigned_abs()) << 63) | u128::from(lo.unsigned_abs());
+                let take = w.min(left);
+                left -= take;
+                if take > 0 {
+                    out.push((owner, take));
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Closes the pool (waits for connections to finish).

@@ -354,3 +354,46 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn work_is_ingested_once_and_read_back_as_a_window() {
+    use ledger::WorkRecord;
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        let rec = |seq: u64, owner: &str, work: u128| WorkRecord {
+            seq,
+            owner: owner.into(),
+            work,
+            ts_ms: 1_000 + seq as i64,
+        };
+        assert_eq!(l.work_high_water("pool").await.unwrap(), None);
+        let big = (1u128 << 100) + 12_345; // needs both halves
+        assert_eq!(
+            l.ingest_work("pool", &[rec(1, "a", 10), rec(2, "b", big), rec(3, "a", 30)])
+                .await
+                .unwrap(),
+            3,
+            "{backend}"
+        );
+        // A retried ingest (overlapping) adds only what is new.
+        assert_eq!(
+            l.ingest_work("pool", &[rec(3, "a", 30), rec(4, "c", 5)])
+                .await
+                .unwrap(),
+            1
+        );
+        // Another source has its own sequence.
+        assert_eq!(l.ingest_work("proxy", &[rec(1, "z", 1)]).await.unwrap(), 1);
+        assert_eq!(l.work_high_water("pool").await.unwrap(), Some(4));
+        // Newest first; the edge record counts only its part inside the window.
+        let w = l.work_window("pool", 40).await.unwrap();
+        assert_eq!(
+            w,
+            vec![("c".to_string(), 5), ("a".to_string(), 30), ("b".to_string(), 5)]
+        );
+        let all = l.work_window("pool", u128::MAX).await.unwrap();
+        assert_eq!(all.iter().map(|x| x.1).sum::<u128>(), 10 + big + 30 + 5);
+        assert!(l.ingest_work("pool", &[rec(9, "", 1)]).await.is_err());
+        assert!(l.ingest_work("pool", &[rec(9, "a", 1u128 << 127)]).await.is_err());
+    }
+}
