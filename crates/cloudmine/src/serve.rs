@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Data directory (dev chain files, pool.sqlite).
     #[arg(long, default_value = "./cloudmine-data", env = "CLOUDMINE_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Ledger database: `postgres://…` (default: SQLite `DATA/ledger.sqlite`).
+    #[arg(long, env = "CLOUDMINE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Stratum listen address.
     #[arg(long, default_value = "127.0.0.1:3333")]
     pub stratum_listen: SocketAddr,
@@ -208,6 +211,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http.local_addr()?
     );
     pool.serve_http(http);
+    let ledger_url = crate::ledger_cmd::ledger_url(&args.data_dir, args.database_url.as_deref());
+    let ledger = std::sync::Arc::new(ledger::Ledger::open(&ledger_url).await.with_context(|| {
+        format!(
+            "opening the ledger ({})",
+            if args.database_url.is_some() {
+                "--database-url"
+            } else {
+                "DATA/ledger.sqlite"
+            }
+        )
+    })?);
+    println!(
+        "ledger: {} (accepted shares are copied into its work log)",
+        ledger.backend()
+    );
+    pool.feed_ledger(ledger.clone());
     println!(
         "cloudmine pool: stratum+tcp://{} (user = your {} address[.worker], any password; data {})",
         pool.local_addr(),
@@ -219,7 +238,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
     println!(
-        "  try: cloudmine mine -o stratum+tcp://{} -u <address>.cpu   (the miner arrives with issue 4)",
+        "  try: cloudmine mine -o stratum+tcp://{} -u <address>.cpu",
         pool.local_addr()
     );
     let status = if args.status_interval > 0 {
@@ -265,6 +284,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     drop(backend);
     let _ = writer.await;
+    ledger.close().await;
     println!("stopped");
     Ok(())
 }

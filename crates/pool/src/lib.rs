@@ -1,5 +1,7 @@
 //! The Stratum V1 pool server.
 //!
+//! * [`accounting`]: copies accepted shares from the share log into the ledger's work log, resuming
+//!   after a ledger outage without loss or double counting.
 //! * [`config`]: every limit, named, with its default and reason.
 //! * [`jobs`]: block templates become jobs; one coinbase per payout script (SOLO pays the finder, pool
 //!   mode pays `--pool-address`), built lazily and shared by every connection paying the same script.
@@ -14,6 +16,7 @@
 //!
 //! [`Pool::run`] ties them together with a template refresher that follows the chain backend's tip.
 
+pub mod accounting;
 pub mod api;
 pub mod config;
 pub mod jobs;

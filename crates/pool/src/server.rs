@@ -117,6 +117,19 @@ impl Pool {
         &self.shared.log
     }
 
+    /// Copies accepted shares into `ledger`'s work log until shutdown ([`crate::accounting`]).
+    /// Shares logged after the last copy are copied at the next start.
+    pub fn feed_ledger(&self, ledger: Arc<ledger::Ledger>) {
+        let db = self.shared.log.db().clone();
+        let stats = self.shared.stats.clone();
+        self.tracker.spawn(crate::accounting::ingest_loop(
+            db,
+            ledger,
+            stats,
+            self.token.clone(),
+        ));
+    }
+
     /// Serves the HTTP API (`/metrics`, `/api/v1/…`, `/api/client/{address}`) on `listener` until shutdown.
     pub fn serve_http(&self, listener: TcpListener) {
         let shared = self.shared.clone();

@@ -67,6 +67,8 @@ pub struct PoolStats {
     pub blocks_rejected: AtomicU64,
     /// Connections refused (caps, bans).
     pub refused: AtomicU64,
+    /// Shares in the share log not yet copied into the ledger's work log.
+    pub ledger_backlog: AtomicU64,
     latency: [AtomicU64; 12],
     latency_sum_us: AtomicU64,
     workers: Mutex<HashMap<(String, String), WorkerStats>>,
@@ -199,6 +201,12 @@ impl PoolStats {
             "counter",
             "Connections refused by caps or bans.",
             &[(String::new(), g(&self.refused).to_string())],
+        );
+        metric(
+            "cloudmine_pool_ledger_backlog",
+            "gauge",
+            "Accepted shares in the local share log not yet copied into the ledger.",
+            &[(String::new(), g(&self.ledger_backlog).to_string())],
         );
         metric(
             "cloudmine_chain_height",

@@ -137,10 +137,36 @@ fn mines_on_serve_with_version_rolling_and_finds_blocks_without_a_reject() {
     assert_eq!(summary["rejected"], 0);
     assert_eq!(summary["stale"], 0);
     let accepted = accepted_on(&ev, &pool);
+    // Accounting: serve copies every logged share into the ledger's work log (DATA/ledger.sqlite).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ingested = rt.block_on(async {
+        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+            .await
+            .unwrap();
+        let logged = log.share_count().await.unwrap();
+        let l = ledger::Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let hw = l.work_high_water("pool").await.unwrap().unwrap_or(0);
+            if hw as i64 >= logged {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ledger work log stuck at {hw} of {logged} shares"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let window = l.work_window("pool", u128::MAX).await.unwrap();
+        assert!(window.iter().all(|(owner, _)| owner == ADDR));
+        window.len()
+    });
+    assert!(ingested >= accepted, "{ingested} ingested < {accepted} accepted");
     drop(served);
     // The pool's own records: every accepted share is logged, rolled version bits were used, and the
     // dev chain took at least one block from this miner.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
             .await
