@@ -5,6 +5,7 @@
 #                                            # initialises a cluster in a temp dir, starts it on a
 #                                            # free port, creates database cloudmine, and exports
 #                                            # CLOUDMINE_TEST_DATABASE_URL=postgres://cloudmine@127.0.0.1:PORT/cloudmine
+#   pg_halt / pg_resume                      # stop and restart it, data kept (outage tests)
 #   pg_stop                                  # stops it and removes the directory
 #
 # PostgreSQL refuses to run as root; as root the server runs as the `postgres` user.
@@ -42,6 +43,20 @@ pg_start() {
     export PG_BIN="$bin" PG_DIR PG_PORT
     export CLOUDMINE_TEST_DATABASE_URL="postgres://cloudmine@127.0.0.1:$PG_PORT/cloudmine"
     echo "postgres.sh: PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT ($PG_DIR)" >&2
+}
+
+# Stops the server but keeps its data (an outage); pg_resume starts it again on the same port.
+pg_halt() {
+    local as=()
+    [ "$(id -u)" = 0 ] && as=(runuser -u postgres --)
+    "${as[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null
+}
+
+pg_resume() {
+    local as=()
+    [ "$(id -u)" = 0 ] && as=(runuser -u postgres --)
+    "${as[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+        -o "-h 127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=300 -c fsync=on" start >/dev/null
 }
 
 pg_stop() {

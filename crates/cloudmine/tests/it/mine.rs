@@ -454,3 +454,141 @@ fn a_misbehaving_pool_gets_reasons_and_reconnects_never_a_panic_or_an_unverified
 fn hex32(b: u8) -> String {
     stratum::to_hex(&[b; 32])
 }
+
+/// A PostgreSQL server of this test's own (scripts/postgres.sh), so stopping it disturbs no other test.
+struct OwnPostgres {
+    url: String,
+    env: Vec<(String, String)>,
+}
+
+impl OwnPostgres {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres.sh")
+    }
+    fn start() -> Option<OwnPostgres> {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source '{}' && pg_start >&2 && echo \"$CLOUDMINE_TEST_DATABASE_URL $PG_DIR $PG_BIN $PG_PORT\"",
+                Self::script().display()
+            ))
+            .stderr(Stdio::inherit())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [url, dir, bin, port] = parts.as_slice() else {
+            return None;
+        };
+        Some(OwnPostgres {
+            url: (*url).to_string(),
+            env: vec![
+                ("PG_DIR".into(), (*dir).to_string()),
+                ("PG_BIN".into(), (*bin).to_string()),
+                ("PG_PORT".into(), (*port).to_string()),
+            ],
+        })
+    }
+    fn run(&self, f: &str) {
+        let ok = Command::new("bash")
+            .arg("-c")
+            .arg(format!("source '{}' && {f}", Self::script().display()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{f} failed");
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(format!("source '{}' && pg_stop", Self::script().display()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .status();
+    }
+}
+
+#[test]
+fn postgres_stopped_and_restarted_under_load_loses_no_share() {
+    let Some(pg) = OwnPostgres::start() else {
+        assert!(
+            std::env::var("CLOUDMINE_REQUIRE_POSTGRES").is_err(),
+            "PostgreSQL is required (CLOUDMINE_REQUIRE_POSTGRES) but could not be started"
+        );
+        eprintln!("SKIPPED: PostgreSQL not available (run scripts/test.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (served, addr) = super::spawn(
+        &[
+            "serve",
+            "--stratum-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--status-interval",
+            "0",
+            "--start-difficulty",
+            DIFF,
+            "--min-difficulty",
+            DIFF,
+            "--max-difficulty",
+            DIFF,
+            "--database-url",
+            &pg.url,
+        ],
+        dir.path(),
+        "cloudmine pool: stratum+tcp://",
+    );
+    let pool_url = format!("stratum+tcp://{addr}");
+    let m = mine(&["-o", &pool_url, "-u", &format!("{ADDR}.pg")]);
+    m.wait("shares before the outage", 60, |ev| {
+        accepted_on(ev, &pool_url) >= 5
+    });
+    pg.run("pg_halt");
+    let before = accepted_on(&m.snapshot(), &pool_url);
+    // The pool keeps accepting (the share log is the buffer) while the ledger database is down.
+    m.wait("shares during the outage", 60, |ev| {
+        accepted_on(ev, &pool_url) >= before + 10
+    });
+    pg.run("pg_resume");
+    let ev = m.stop();
+    assert!(rejects(&ev).is_empty(), "rejected shares: {:?}", rejects(&ev));
+    let accepted = accepted_on(&ev, &pool_url);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (logged, ingested) = rt.block_on(async {
+        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+            .await
+            .unwrap();
+        let logged = log.share_count().await.unwrap();
+        let l = ledger::Ledger::open(&pg.url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let hw = l.work_high_water("pool").await.unwrap().unwrap_or(0);
+            if hw as i64 >= logged {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ledger stuck at {hw} of {logged} shares after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let n = l.work_window("pool", u128::MAX).await.unwrap().len();
+        l.close().await;
+        (logged, n)
+    });
+    drop(served);
+    assert!(logged >= accepted as i64);
+    assert_eq!(
+        ingested as i64, logged,
+        "every logged share is in the ledger exactly once"
+    );
+    eprintln!("PostgreSQL outage: {accepted} shares accepted ({} during the outage), all {logged} in the ledger after restart", accepted - before);
+}
