@@ -912,9 +912,20 @@ impl Ledger {
     /// The last `window` of work from `source`, newest record first, as `(owner, work)`; the record
     /// that crosses the window's edge counts only with its part inside (PPLNS/TIDES).
     pub async fn work_window(&self, source: &str, window: u128) -> Result<Vec<(String, u128)>, LedgerError> {
+        self.work_window_upto(source, u64::MAX, window).await
+    }
+
+    /// [`Ledger::work_window`] ending at record `last_seq` (inclusive): the window a block found
+    /// by that share pays.
+    pub async fn work_window_upto(
+        &self,
+        source: &str,
+        last_seq: u64,
+        window: u128,
+    ) -> Result<Vec<(String, u128)>, LedgerError> {
         let mut out = Vec::new();
         let mut left = window;
-        let mut before = i64::MAX;
+        let mut before = i64::try_from(last_seq).map_or(i64::MAX, |s| s.saturating_add(1));
         while left > 0 {
             let page: Vec<(i64, String, i64, i64)> = on_pool!(&self.db, pool => {
                 let rows = sqlx::query(

@@ -6,10 +6,19 @@
 //! [`INGEST_RETRY_MAX`] and resumes from the ledger's high-water mark, so a database outage loses
 //! nothing and a retry never counts a share twice (ingest is idempotent on `(source, seq)`). The
 //! backlog (shares logged but not yet in the ledger) is the `cloudmine_pool_ledger_backlog` gauge.
+//!
+//! In pool mode (the coinbase pays the pool) every block the chain accepted is then credited PPLNS
+//! ([`credit_block`]): the reward `R` (the coinbase's outputs) leaves `platform/mined`, the fee
+//! `floor(R·f)` goes to `platform/fees`, and the rest is split over the last `N = 2·W` of work up to
+//! and including the block's own share (`W` the block's work) into each owner's *immature* balance,
+//! exact to the millisatoshi ([`ledger::schemes`]). The transaction's key is `block:<hash>`, so a
+//! restart or a retry never credits a block twice.
 
 use crate::stats::PoolStats;
-use ledger::{Ledger, WorkRecord};
+use ledger::schemes::{block_work, fee_split, split_by_weight};
+use ledger::{Account, Ledger, PlatformAccount, Posting, Transaction, WorkRecord};
 use sqlx::{Row, SqlitePool};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,14 +70,141 @@ pub async fn ingest_once(log: &SqlitePool, ledger: &Ledger, after: i64) -> Resul
     Ok((recs.len(), last))
 }
 
-/// Runs until `token` is cancelled.
+/// What happened to one accepted block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credit {
+    /// Posted now or before (idempotent): the ledger transaction id.
+    Posted(i64),
+    /// Not found by one of this pool's shares (e.g. mined through RPC): nothing to credit.
+    NotOurs,
+    /// Its share is not in the ledger's work log yet: try again later.
+    Wait,
+}
+
+/// Credits one accepted block PPLNS (pool mode). `ingested` is the highest share id already in the
+/// ledger's work log.
+pub async fn credit_block(
+    log: &SqlitePool,
+    ledger: &Ledger,
+    fee_ppm: u32,
+    hash: &str,
+    height: i64,
+    raw: &[u8],
+    ingested: i64,
+) -> Result<Credit, String> {
+    use bitcoin::consensus::deserialize;
+    let block: bitcoin::Block = deserialize(raw).map_err(|e| format!("block {hash}: {e}"))?;
+    let header = raw
+        .get(..80)
+        .ok_or_else(|| format!("block {hash}: shorter than a header"))?;
+    let share: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM shares WHERE is_block = 1 AND header = ? ORDER BY id DESC LIMIT 1",
+    )
+    .bind(header)
+    .fetch_optional(log)
+    .await
+    .map_err(|e| format!("share log: {e}"))?;
+    let Some(share) = share else {
+        return Ok(Credit::NotOurs);
+    };
+    if share > ingested {
+        return Ok(Credit::Wait);
+    }
+    let coinbase = block
+        .txdata
+        .first()
+        .ok_or_else(|| format!("block {hash}: no coinbase"))?;
+    let reward_sat: u64 = coinbase.output.iter().map(|o| o.value.to_sat()).sum();
+    let reward = units::MilliSats::new(reward_sat.saturating_mul(1000)).map_err(|e| e.to_string())?;
+    let target = units::Target::from_compact(block.header.bits.to_consensus()).map_err(|e| e.to_string())?;
+    let w = block_work(target).map_err(|e| e.to_string())?;
+    if w.bits() > 120 {
+        return Err(format!("block {hash}: work out of range"));
+    }
+    let window = w.low_u128() * crate::config::PPLNS_WINDOW_FACTOR;
+    let shares = ledger
+        .work_window_upto(SOURCE, share.unsigned_abs(), window)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut by_owner: BTreeMap<String, u128> = BTreeMap::new();
+    for (owner, work) in shares {
+        *by_owner.entry(owner).or_insert(0) += work;
+    }
+    let owners: Vec<&String> = by_owner.keys().collect();
+    let weights: Vec<u128> = by_owner.values().copied().collect();
+    let total: u128 = weights.iter().sum();
+    let (fee, part) = fee_split(reward, fee_ppm).map_err(|e| e.to_string())?;
+    let amounts = split_by_weight(&weights, total, part.to_msat()).map_err(|e| e.to_string())?;
+    let msat = |v: u64| units::MilliSats::new(v).map_err(|e| e.to_string());
+    let mut postings =
+        vec![Posting::debit(Account::Platform(PlatformAccount::Mined), reward).map_err(|e| e.to_string())?];
+    if fee.to_msat() > 0 {
+        postings
+            .push(Posting::credit(Account::Platform(PlatformAccount::Fees), fee).map_err(|e| e.to_string())?);
+    }
+    if amounts.is_empty() && part.to_msat() > 0 {
+        // No work in the window (cannot happen for a block found by a share, but stay exact).
+        postings.push(
+            Posting::credit(Account::Platform(PlatformAccount::PoolReserve), part)
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for (i, a) in amounts {
+        let owner = owners.get(i as usize).ok_or("owner index out of range")?;
+        postings.push(Posting::credit(Account::immature(owner), msat(a)?).map_err(|e| e.to_string())?);
+    }
+    let tx = Transaction::new(
+        &format!("block:{hash}"),
+        &format!("block {height}: PPLNS over {window} hashes of work, fee {fee_ppm} ppm"),
+        postings,
+    )
+    .map_err(|e| e.to_string())?;
+    let posted = ledger.post(&tx).await.map_err(|e| e.to_string())?;
+    Ok(Credit::Posted(posted.id()))
+}
+
+/// Credits every accepted block after block-log id `after` that can be credited now; returns the
+/// new position.
+async fn credit_blocks(
+    log: &SqlitePool,
+    ledger: &Ledger,
+    fee_ppm: u32,
+    after: i64,
+    ingested: i64,
+) -> Result<i64, String> {
+    let rows = sqlx::query(
+        "SELECT id, hash, height, block FROM blocks WHERE id > ? AND fate = 'accepted' ORDER BY id LIMIT 100",
+    )
+    .bind(after)
+    .fetch_all(log)
+    .await
+    .map_err(|e| format!("share log: {e}"))?;
+    let mut pos = after;
+    for r in rows {
+        let id: i64 = r.try_get(0).map_err(|e| e.to_string())?;
+        let hash: String = r.try_get(1).map_err(|e| e.to_string())?;
+        let height: i64 = r.try_get(2).map_err(|e| e.to_string())?;
+        let raw: Vec<u8> = r.try_get(3).map_err(|e| e.to_string())?;
+        match credit_block(log, ledger, fee_ppm, &hash, height, &raw, ingested).await? {
+            Credit::Wait => break,
+            Credit::Posted(_) | Credit::NotOurs => pos = id,
+        }
+    }
+    Ok(pos)
+}
+
+/// Runs until `token` is cancelled. `pplns_fee_ppm`: credit blocks PPLNS with this fee (pool
+/// mode); `None` (SOLO) only copies the work.
 pub async fn ingest_loop(
     log: SqlitePool,
     ledger: Arc<Ledger>,
     stats: Arc<PoolStats>,
+    pplns_fee_ppm: Option<u32>,
     token: CancellationToken,
 ) {
     let mut after: Option<i64> = None;
+    // Blocks are re-examined from the start after a restart; crediting is idempotent.
+    let mut blocks_after: i64 = 0;
     let mut backoff = INGEST_IDLE;
     loop {
         let step = async {
@@ -85,6 +221,9 @@ pub async fn ingest_loop(
                 .fetch_one(&log)
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Some(fee) = pplns_fee_ppm {
+                blocks_after = credit_blocks(&log, &ledger, fee, blocks_after, last).await?;
+            }
             Ok::<_, String>((n, last, max.unwrap_or(0)))
         };
         let wait = match step.await {

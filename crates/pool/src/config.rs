@@ -19,9 +19,13 @@ pub const NTIME_FUTURE_S: u32 = 7_200;
 pub enum PayoutScheme {
     /// The finder's address gets the whole block.
     Solo,
-    /// The pool's address gets the block (PPLNS/PPS accounting comes with the ledger).
+    /// The pool's address gets the block; miners are credited PPLNS in the ledger
+    /// ([`crate::accounting`]), immature until the block matures.
     Pool(ScriptBuf),
 }
+
+/// PPLNS window in multiples of the block's work (product.md: `N = 2·D`).
+pub const PPLNS_WINDOW_FACTOR: u128 = 2;
 
 /// Default cap on open connections from one IP address: a large home or small farm fits; a
 /// misbehaving host cannot take the whole server. Farms and proxies behind one address raise it.
@@ -34,6 +38,8 @@ pub struct PoolConfig {
     pub network: Network,
     /// Payout scheme.
     pub payout: PayoutScheme,
+    /// Pool fee in parts per million of a block's reward (pool mode; SOLO pays the finder in full).
+    pub fee_ppm: u32,
     /// Tag in the coinbase scriptSig.
     pub coinbase_tag: Vec<u8>,
     /// Longest request line; longer closes the connection.
@@ -67,6 +73,7 @@ impl PoolConfig {
         PoolConfig {
             network,
             payout,
+            fee_ppm: 0,
             coinbase_tag: b"/cloudmine/".to_vec(),
             line_bytes_max: stratum::framing::MINER_LINE_BYTES_MAX,
             handshake_deadline: Duration::from_secs(30),

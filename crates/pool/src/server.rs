@@ -122,10 +122,16 @@ impl Pool {
     pub fn feed_ledger(&self, ledger: Arc<ledger::Ledger>) {
         let db = self.shared.log.db().clone();
         let stats = self.shared.stats.clone();
+        // Pool mode credits blocks PPLNS; SOLO blocks pay the finder in the coinbase.
+        let pplns = match self.shared.cfg.payout {
+            crate::config::PayoutScheme::Pool(_) => Some(self.shared.cfg.fee_ppm),
+            crate::config::PayoutScheme::Solo => None,
+        };
         self.tracker.spawn(crate::accounting::ingest_loop(
             db,
             ledger,
             stats,
+            pplns,
             self.token.clone(),
         ));
     }

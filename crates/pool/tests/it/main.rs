@@ -502,3 +502,110 @@ async fn pipelined_submits_are_answered_in_order_and_all_durable() {
     }
     h.pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_mode_credits_every_block_pplns_exactly() {
+    use ledger::{Account, Ledger, PlatformAccount};
+    let script = |b: u8| bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]);
+    let addr = |b: u8| bitcoin::Address::p2wsh(&script(b), Network::Regtest).to_string();
+    let (alice, bob) = (addr(1), addr(2));
+    let pool_script = bitcoin::Address::p2wsh(&script(9), Network::Regtest).script_pubkey();
+    // Shares at difficulty 2^-32 (half the dev chain's floor): about half are blocks, and a block's
+    // window (2 × its work = 4 hashes) spans its last few shares, often from both miners.
+    let h = harness(|c| {
+        c.payout = PayoutScheme::Pool(pool_script);
+        c.fee_ppm = 10_000; // 1 %
+        c.initial_difficulty = Difficulty::MIN;
+    })
+    .await;
+    let l = std::sync::Arc::new(
+        Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
+            .await
+            .unwrap(),
+    );
+    h.pool.feed_ledger(l.clone());
+    let mut m1 = Miner::connect(h.pool.local_addr()).await;
+    let mut m2 = Miner::connect(h.pool.local_addr()).await;
+    m1.handshake(&format!("{alice}.a")).await;
+    m2.handshake(&format!("{bob}.b")).await;
+    let mut id = 10;
+    for round in 0..40 {
+        let (m, user) = if round % 3 == 0 {
+            (&mut m2, format!("{bob}.b"))
+        } else {
+            (&mut m1, format!("{alice}.a"))
+        };
+        // Catch up on jobs the other miner's blocks caused.
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {}
+        let (p, _) = m.find_share(&user, false);
+        id += 1;
+        let r = m.submit(json!(id), &p).await;
+        if let Err(e) = verdict(&r) {
+            assert_eq!(e, "Job not found", "only a block race may make a share stale");
+        }
+    }
+    let blocks: Vec<(String, String)> = h.pool.log().blocks().await.unwrap();
+    let accepted: Vec<&String> = blocks
+        .iter()
+        .filter(|(_, f)| f == "accepted")
+        .map(|(hsh, _)| hsh)
+        .collect();
+    assert!(accepted.len() >= 3, "too few blocks to show anything: {blocks:?}");
+    // Wait for the accounting task to credit them all.
+    let mined = Account::Platform(PlatformAccount::Mined);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let credited = l.history(&mined, 1000).await.unwrap().len();
+        if credited >= accepted.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{credited} of {} blocks credited",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = l.history(&mined, 1000).await.unwrap();
+    let mut fees_expected = 0i64;
+    let mut total = 0i64;
+    for hline in &history {
+        assert!(hline.key.starts_with("block:"));
+        let r = -hline.msat;
+        assert_eq!(
+            r, 5_000_000_000_000,
+            "a dev-chain block pays 50 BTC = 5e12 msat (no fees)"
+        );
+        fees_expected += r / 100;
+        total += r;
+    }
+    let fees = l
+        .balance(&Account::Platform(PlatformAccount::Fees))
+        .await
+        .unwrap();
+    let a = l.balance(&Account::immature(&alice)).await.unwrap();
+    let b = l.balance(&Account::immature(&bob)).await.unwrap();
+    assert_eq!(fees, fees_expected, "fee = floor(R × 1 %) per block");
+    assert_eq!(a + b + fees, total, "every msat of every block is accounted for");
+    assert!(a > 0 && b > 0, "both miners earned: alice {a}, bob {b}");
+    assert!(l.verify().await.unwrap().problems.is_empty());
+    // Re-crediting is a no-op (the key is block:<hash>): run the accounting step again by hand.
+    let db = h.pool.log().db().clone();
+    let row = sqlx::query_as::<_, (String, i64, Vec<u8>)>(
+        "SELECT hash, height, block FROM blocks WHERE fate = 'accepted' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let again = pool::accounting::credit_block(&db, &l, 10_000, &row.0, row.1, &row.2, i64::MAX)
+        .await
+        .unwrap();
+    assert!(matches!(again, pool::accounting::Credit::Posted(_)));
+    assert_eq!(l.balance(&Account::immature(&alice)).await.unwrap(), a);
+    assert_eq!(l.history(&mined, 1000).await.unwrap().len(), history.len());
+    eprintln!(
+        "pool mode: {} blocks credited PPLNS, alice {a} msat, bob {b} msat, fees {fees} msat",
+        history.len()
+    );
+    h.pool.shutdown().await;
+}
