@@ -280,6 +280,26 @@ impl BitcoindBackend {
         Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
     }
 
+    /// Confirmations from the first node that answers `getblockheader` (Core reports -1 for a block
+    /// outside its best chain; an unknown block is error -5).
+    pub async fn confirmations(&self, hash: &bitcoin::BlockHash) -> Result<Option<u32>, BackendError> {
+        let mut last = None;
+        for c in &self.inner.clients {
+            match c.call("getblockheader", json!([hash.to_string(), true])).await {
+                Ok(v) => {
+                    let n = v
+                        .get("confirmations")
+                        .and_then(serde_json::Value::as_i64)
+                        .unwrap_or(-1);
+                    return Ok(u32::try_from(n).ok().filter(|n| *n > 0));
+                }
+                Err(ClientError::Rpc { error, .. }) if error.code == -5 => return Ok(None),
+                Err(e) => last = Some(classify(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
+    }
+
     /// Submits a block to every node at once.
     pub async fn submit_block(&self, block: &Block) -> Result<BlockFate, BackendError> {
         let hex = bitcoin::consensus::serialize(block).to_lower_hex_string();

@@ -92,6 +92,21 @@ impl DevNode {
             .map_err(|e| crate::BackendError::Internal(format!("template task: {e}")))
     }
 
+    /// Confirmations of `hash` in the best chain, `None` if it is not there.
+    pub async fn confirmations(&self, hash: &bitcoin::BlockHash) -> Result<Option<u32>, crate::BackendError> {
+        let me = self.clone();
+        let hash = *hash;
+        tokio::task::spawn_blocking(move || {
+            let c = me.lock();
+            let tip = c.height();
+            c.by_hash(&hash)
+                .filter(|b| c.at_height(b.height).is_some_and(|x| x.hash == hash))
+                .map(|b| tip.saturating_sub(b.height) + 1)
+        })
+        .await
+        .map_err(|e| crate::BackendError::Internal(format!("confirmations task: {e}")))
+    }
+
     /// Submits a block; the reason string on rejection.
     pub async fn submit_block(&self, block: Block) -> BlockFate {
         let me = self.clone();

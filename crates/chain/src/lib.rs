@@ -65,6 +65,15 @@ impl Backend {
         }
     }
 
+    /// Confirmations of `hash` in the best chain (1 = it is the tip), or `None` when the block is
+    /// not in the best chain (unknown, or orphaned by a reorganisation).
+    pub async fn confirmations(&self, hash: &bitcoin::BlockHash) -> Result<Option<u32>, BackendError> {
+        match self {
+            Backend::Dev(d) => d.confirmations(hash).await,
+            Backend::Bitcoind(b) => b.confirmations(hash).await,
+        }
+    }
+
     /// Watches the tip.
     pub fn tip(&self) -> tokio::sync::watch::Receiver<Tip> {
         match self {

@@ -814,6 +814,35 @@ impl Ledger {
         Ok(r)
     }
 
+    /// The id of the transaction posted under `key`, if any.
+    pub async fn find_key(&self, key: &str) -> Result<Option<i64>, LedgerError> {
+        let id: Option<i64> = on_pool!(&self.db, pool => sqlx::query_scalar("SELECT id FROM ledger_transactions WHERE idem_key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await
+            .map_err(classify)?);
+        Ok(id)
+    }
+
+    /// The postings of the transaction posted under `key` (account name, msat), in account order.
+    pub async fn postings_of(&self, key: &str) -> Result<Vec<(String, i64)>, LedgerError> {
+        let rows = on_pool!(&self.db, pool => {
+            let rows = sqlx::query(
+                "SELECT a.name, e.amount_msat FROM ledger_entries e \
+                 JOIN ledger_transactions t ON t.id = e.tx_id JOIN ledger_accounts a ON a.id = e.account_id \
+                 WHERE t.idem_key = $1 ORDER BY a.name",
+            )
+            .bind(key)
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<String, _>(0).map_err(classify)?, r.try_get::<i64, _>(1).map_err(classify)?)))
+                .collect::<Result<Vec<_>, LedgerError>>()?
+        });
+        Ok(rows)
+    }
+
     /// Ingests credited work idempotently: a record whose `(source, seq)` is already stored is
     /// skipped. One database transaction; returns how many records were new. At most
     /// [`WORK_INGEST_MAX`] records per call.

@@ -13,6 +13,10 @@
 //! and including the block's own share (`W` the block's work) into each owner's *immature* balance,
 //! exact to the millisatoshi ([`ledger::schemes`]). The transaction's key is `block:<hash>`, so a
 //! restart or a retry never credits a block twice.
+//!
+//! Then each credited block is settled ([`settle_block`]): once it is [`COINBASE_MATURITY`] deep
+//! in the best chain, every owner's credit moves from immature to available (`mature:<hash>`); if it
+//! leaves the best chain first, the credit is reversed posting by posting (`orphan:<hash>`).
 
 use crate::stats::PoolStats;
 use ledger::schemes::{block_work, fee_split, split_by_weight};
@@ -68,6 +72,130 @@ pub async fn ingest_once(log: &SqlitePool, ledger: &Ledger, after: i64) -> Resul
             .map_err(|e| e.to_string())?;
     }
     Ok((recs.len(), last))
+}
+
+/// Confirmations after which a coinbase may be spent (consensus) and credits become available.
+pub const COINBASE_MATURITY: u32 = 100;
+
+/// Where a credited block stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Not credited by this pool (nothing to settle).
+    NotCredited,
+    /// Still immature.
+    Pending(u32),
+    /// Matured now or before.
+    Matured,
+    /// Left the best chain: its credit was reversed now or before.
+    Orphaned,
+}
+
+/// Settles one credited block: matures it, reverses it, or leaves it pending.
+pub async fn settle_block(
+    ledger: &Ledger,
+    backend: &chain::Backend,
+    hash: &str,
+) -> Result<Settlement, String> {
+    let credit_key = format!("block:{hash}");
+    let (mature_key, orphan_key) = (format!("mature:{hash}"), format!("orphan:{hash}"));
+    let e = |x: ledger::LedgerError| x.to_string();
+    if ledger.find_key(&credit_key).await.map_err(e)?.is_none() {
+        return Ok(Settlement::NotCredited);
+    }
+    if ledger.find_key(&mature_key).await.map_err(e)?.is_some() {
+        return Ok(Settlement::Matured);
+    }
+    if ledger.find_key(&orphan_key).await.map_err(e)?.is_some() {
+        return Ok(Settlement::Orphaned);
+    }
+    let h: bitcoin::BlockHash = hash.parse().map_err(|x| format!("block hash {hash}: {x}"))?;
+    let confs = backend.confirmations(&h).await.map_err(|x| x.to_string())?;
+    let postings = ledger.postings_of(&credit_key).await.map_err(e)?;
+    let parse = |name: &str| Account::parse(name).map_err(|x| x.to_string());
+    match confs {
+        Some(c) if c < COINBASE_MATURITY => Ok(Settlement::Pending(c)),
+        Some(_) => {
+            let mut p = Vec::new();
+            for (name, msat) in &postings {
+                if let Account::User {
+                    owner,
+                    bucket: ledger::UserBucket::Immature,
+                } = parse(name)?
+                {
+                    p.push(Posting {
+                        account: Account::immature(&owner),
+                        msat: -msat,
+                    });
+                    p.push(Posting {
+                        account: Account::available(&owner),
+                        msat: *msat,
+                    });
+                }
+            }
+            if !p.is_empty() {
+                let tx = Transaction::new(
+                    &mature_key,
+                    &format!("block {hash} matured ({COINBASE_MATURITY} confirmations)"),
+                    p,
+                )
+                .map_err(|x| x.to_string())?;
+                ledger.post(&tx).await.map_err(e)?;
+            }
+            Ok(Settlement::Matured)
+        }
+        None => {
+            let mut p = Vec::new();
+            for (name, msat) in &postings {
+                p.push(Posting {
+                    account: parse(name)?,
+                    msat: -msat,
+                });
+            }
+            let tx = Transaction::new(
+                &orphan_key,
+                &format!("block {hash} left the best chain: credit reversed"),
+                p,
+            )
+            .map_err(|x| x.to_string())?;
+            ledger.post(&tx).await.map_err(e)?;
+            tracing::warn!(
+                block = hash,
+                "a credited block left the best chain; its credits were reversed"
+            );
+            Ok(Settlement::Orphaned)
+        }
+    }
+}
+
+/// Settles every accepted block after block-log id `after` until the first that is still pending;
+/// returns the id below which everything is settled.
+async fn settle_blocks(
+    log: &SqlitePool,
+    ledger: &Ledger,
+    backend: &chain::Backend,
+    after: i64,
+) -> Result<i64, String> {
+    let rows =
+        sqlx::query("SELECT id, hash FROM blocks WHERE id > ? AND fate = 'accepted' ORDER BY id LIMIT 200")
+            .bind(after)
+            .fetch_all(log)
+            .await
+            .map_err(|e| format!("share log: {e}"))?;
+    let mut pos = after;
+    let mut all_settled = true;
+    for r in rows {
+        let id: i64 = r.try_get(0).map_err(|e| e.to_string())?;
+        let hash: String = r.try_get(1).map_err(|e| e.to_string())?;
+        match settle_block(ledger, backend, &hash).await? {
+            Settlement::Pending(_) => all_settled = false,
+            Settlement::NotCredited | Settlement::Matured | Settlement::Orphaned => {
+                if all_settled {
+                    pos = id;
+                }
+            }
+        }
+    }
+    Ok(pos)
 }
 
 /// What happened to one accepted block.
@@ -200,11 +328,13 @@ pub async fn ingest_loop(
     ledger: Arc<Ledger>,
     stats: Arc<PoolStats>,
     pplns_fee_ppm: Option<u32>,
+    backend: chain::Backend,
     token: CancellationToken,
 ) {
     let mut after: Option<i64> = None;
-    // Blocks are re-examined from the start after a restart; crediting is idempotent.
+    // Blocks are re-examined from the start after a restart; crediting and settling are idempotent.
     let mut blocks_after: i64 = 0;
+    let mut settled_after: i64 = 0;
     let mut backoff = INGEST_IDLE;
     loop {
         let step = async {
@@ -223,6 +353,7 @@ pub async fn ingest_loop(
                 .map_err(|e| e.to_string())?;
             if let Some(fee) = pplns_fee_ppm {
                 blocks_after = credit_blocks(&log, &ledger, fee, blocks_after, last).await?;
+                settled_after = settle_blocks(&log, &ledger, &backend, settled_after).await?;
             }
             Ok::<_, String>((n, last, max.unwrap_or(0)))
         };

@@ -132,6 +132,7 @@ impl Pool {
             ledger,
             stats,
             pplns,
+            self.shared.backend.clone(),
             self.token.clone(),
         ));
     }

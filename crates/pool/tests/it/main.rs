@@ -603,8 +603,64 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     assert!(matches!(again, pool::accounting::Credit::Posted(_)));
     assert_eq!(l.balance(&Account::immature(&alice)).await.unwrap(), a);
     assert_eq!(l.history(&mined, 1000).await.unwrap().len(), history.len());
+    // Orphan the newest credited block: its credit is reversed posting by posting.
+    let last = accepted.last().unwrap().to_string();
+    let credit = l.postings_of(&format!("block:{last}")).await.unwrap();
+    assert!(!credit.is_empty());
+    let node = h.node.clone();
+    let hash: bitcoin::BlockHash = last.parse().unwrap();
+    tokio::task::spawn_blocking(move || node.lock().invalidate_block(&hash, chain::dev::now()).unwrap())
+        .await
+        .unwrap();
+    let wait_key = |key: String| {
+        let l = l.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while l.find_key(&key).await.unwrap().is_none() {
+                assert!(std::time::Instant::now() < deadline, "{key} never posted");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_key(format!("orphan:{last}")).await;
+    let reversal = l.postings_of(&format!("orphan:{last}")).await.unwrap();
+    assert_eq!(
+        reversal,
+        credit.iter().map(|(n, m)| (n.clone(), -m)).collect::<Vec<_>>()
+    );
+    let a2 = l.balance(&Account::immature(&alice)).await.unwrap();
+    let b2 = l.balance(&Account::immature(&bob)).await.unwrap();
+    let orphaned_users: i64 = credit
+        .iter()
+        .filter(|(n, _)| n.starts_with("user/"))
+        .map(|(_, m)| m)
+        .sum();
+    assert_eq!(a + b - (a2 + b2), orphaned_users);
+    // Bury the rest 100 deep (blocks 30 s apart, so the dev chain's difficulty stays at its floor):
+    // every remaining credit moves from immature to available.
+    let node = h.node.clone();
+    tokio::task::spawn_blocking(move || {
+        let spk = bitcoin::Address::p2wsh(&script(7), Network::Regtest).script_pubkey();
+        let mut c = node.lock();
+        let base = c.tip().block.header.time.max(chain::dev::now());
+        for i in 1..=100u32 {
+            let now = base + 30 * i;
+            let blk = c.generate_block(&spk, now, 10_000_000).unwrap();
+            c.submit_block(blk, now).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    for hsh in accepted.iter().filter(|x| ***x != last) {
+        wait_key(format!("mature:{hsh}")).await;
+    }
+    assert_eq!(l.balance(&Account::immature(&alice)).await.unwrap(), 0);
+    assert_eq!(l.balance(&Account::immature(&bob)).await.unwrap(), 0);
+    assert_eq!(l.balance(&Account::available(&alice)).await.unwrap(), a2);
+    assert_eq!(l.balance(&Account::available(&bob)).await.unwrap(), b2);
+    assert!(l.verify().await.unwrap().problems.is_empty());
     eprintln!(
-        "pool mode: {} blocks credited PPLNS, alice {a} msat, bob {b} msat, fees {fees} msat",
+        "pool mode: {} blocks credited PPLNS (alice {a}, bob {b}, fees {fees} msat); 1 orphaned and reversed; the rest matured after 100 confirmations",
         history.len()
     );
     h.pool.shutdown().await;
