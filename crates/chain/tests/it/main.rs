@@ -110,6 +110,18 @@ async fn core_backend_drives_the_dev_chain_over_http() {
         matches!(fate, BlockFate::Rejected(ref r) if r == "bad-txnmrklroot" || r == "high-hash"),
         "{fate:?}"
     );
+    // Confirmations, through Core's getblockheader and directly on the dev chain: the same answers.
+    let first = n1.lock().at_height(1).unwrap().hash;
+    let tip = n1.lock().tip().hash;
+    let dev = chain::Backend::Dev(n1.clone());
+    for b in [chain::Backend::Bitcoind(backend.clone()), dev] {
+        assert_eq!(b.confirmations(&first).await.unwrap(), Some(3));
+        assert_eq!(b.confirmations(&tip).await.unwrap(), Some(1));
+        assert_eq!(
+            b.confirmations(&bitcoin::BlockHash::all_zeros()).await.unwrap(),
+            None
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
