@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// The pool's payout address (required with --payout-scheme pool).
     #[arg(long)]
     pub pool_address: Option<String>,
+    /// Accepted shares allowed to wait for the ledger (while it is down); past it shares are refused.
+    #[arg(long, default_value_t = pool::config::LEDGER_BACKLOG_DEFAULT)]
+    pub ledger_backlog_max: u64,
     /// Pool fee in parts per million of each block's reward (pool mode; 10000 = 1 %).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub pool_fee_ppm: u32,
@@ -196,6 +199,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     cfg.vardiff.min = units::Difficulty::from_f64(args.min_difficulty).context("--min-difficulty")?;
     cfg.connections_max = args.connections_max.max(1);
     cfg.fee_ppm = args.pool_fee_ppm;
+    cfg.ledger_backlog_max = args.ledger_backlog_max.max(1);
     cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);
     cfg.vardiff.max = units::Difficulty::from_f64(args.max_difficulty).context("--max-difficulty")?;
     anyhow::ensure!(

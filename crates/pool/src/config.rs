@@ -24,6 +24,9 @@ pub enum PayoutScheme {
     Pool(ScriptBuf),
 }
 
+/// Default bound on shares logged but not yet in the ledger: about an hour at 250 shares/s.
+pub const LEDGER_BACKLOG_DEFAULT: u64 = 1_000_000;
+
 /// PPLNS window in multiples of the block's work (product.md: `N = 2·D`).
 pub const PPLNS_WINDOW_FACTOR: u128 = 2;
 
@@ -55,6 +58,10 @@ pub struct PoolConfig {
     pub connections_per_ip_max: usize,
     /// Invalid shares (malformed, stale excluded) tolerated in a row before the IP is banned.
     pub invalid_shares_before_ban: u32,
+    /// Accepted shares waiting in the share log for the ledger, at most ([`LEDGER_BACKLOG_DEFAULT`]).
+    /// Past it, shares are refused (error 20, "accounting backlog full") instead of acknowledged:
+    /// nothing is dropped, the miner keeps its work.
+    pub ledger_backlog_max: u64,
     /// How long a ban lasts.
     pub ban_duration: Duration,
     /// Jobs kept per connection (older ones are stale).
@@ -81,6 +88,7 @@ impl PoolConfig {
             connections_max: 20_000,
             connections_per_ip_max: CONNECTIONS_PER_IP_DEFAULT,
             invalid_shares_before_ban: 100,
+            ledger_backlog_max: LEDGER_BACKLOG_DEFAULT,
             ban_duration: Duration::from_secs(600),
             jobs_kept: 16,
             job_refresh_interval: Duration::from_secs(30),

@@ -21,6 +21,10 @@ use stratum::{code, ClientRequest, ServerMessage, Submit};
 
 use units::Difficulty;
 
+/// The reject message when accounting is too far behind (not the miner's fault: never counted toward a ban).
+pub const BACKLOG_FULL: &str =
+    "Accounting backlog full (ledger unavailable); share not accepted, retry later";
+
 /// A valid share queued for the group commit: its reply (`true`) waits for [`Session::finish`].
 #[derive(Debug)]
 pub struct PendingShare {
@@ -181,7 +185,7 @@ impl Session {
                 });
                 match &res {
                     Ok(_) => self.invalid_streak = 0,
-                    Err((c, _)) if *c != code::JOB_NOT_FOUND => {
+                    Err((c, m)) if *c != code::JOB_NOT_FOUND && m != BACKLOG_FULL => {
                         self.invalid_streak += 1;
                         if self.invalid_streak >= shared.cfg.invalid_shares_before_ban {
                             out.close = Some("too many invalid shares");
@@ -466,7 +470,11 @@ impl Session {
             self.found_block(shared, &job, &coinbase, &check.header, &address, now_ms)
                 .await;
         }
-        // 8. durable, then reply
+        // 8. durable, then reply; but not past the accounting backlog bound (the ledger is down)
+        // (a block share was already submitted and recorded: it is always acknowledged).
+        if !is_block && shared.stats.ledger_backlog.load(Ordering::Relaxed) >= shared.cfg.ledger_backlog_max {
+            return Err((code::OTHER, BACKLOG_FULL.into()));
+        }
         let rec = ShareRecord {
             ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
             address: address.clone(),

@@ -665,3 +665,43 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     );
     h.pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_accounting_backlog_bound_shares_are_refused_not_dropped() {
+    let h = harness(|c| {
+        c.initial_difficulty = Difficulty::MIN;
+        c.ledger_backlog_max = 5;
+    })
+    .await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.backlog");
+    m.handshake(&user).await;
+    let (p, _) = m.find_plain_share(&user);
+    assert_eq!(verdict(&m.submit(json!(10), &p).await), Ok(()));
+    // The ledger has fallen 5 shares behind (as the accounting task reports when it is down).
+    h.pool
+        .stats()
+        .ledger_backlog
+        .store(5, std::sync::atomic::Ordering::Relaxed);
+    let before = h.pool.log().share_count().await.unwrap();
+    let (p, _) = m.find_plain_share(&user);
+    let r = m.submit(json!(11), &p).await;
+    assert_eq!(r["error"][0], 20);
+    assert!(
+        verdict(&r).unwrap_err().contains("Accounting backlog full"),
+        "{r}"
+    );
+    assert_eq!(
+        h.pool.log().share_count().await.unwrap(),
+        before,
+        "a refused share is not logged"
+    );
+    // Caught up again: shares are accepted.
+    h.pool
+        .stats()
+        .ledger_backlog
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let (p, _) = m.find_plain_share(&user);
+    assert_eq!(verdict(&m.submit(json!(12), &p).await), Ok(()));
+    h.pool.shutdown().await;
+}
