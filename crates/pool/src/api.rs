@@ -8,8 +8,12 @@
 //! * `GET /api/client/{address}`: the same in public-pool's shape (`bestDifficulty`, `workersCount`,
 //!   `workers[]` with `sessionId`, `name`, `bestDifficulty`, `hashRate`, `startTime`, `lastSeen`).
 //!
-//! Only GET; no request body is read. Responses are built from in-memory figures, never from SQL in
-//! the handler.
+//! * `GET /api/v1/ledger/{owner}`: the owner's balances in msat (available, immature, …) and its
+//!   last 100 postings; `GET /api/v1/ledger/{owner}/blocks`: earnings per block (key `block:<hash>`,
+//!   matured or reversed). 503 while no ledger is connected.
+//!
+//! Only GET; no request body is read. Pool figures come from memory; the ledger endpoints read the
+//! ledger (its own connection pool, bounded).
 
 use crate::config::PayoutScheme;
 use crate::server::{now_ms, Shared};
@@ -37,6 +41,8 @@ pub(crate) async fn serve(
         .route("/api/v1/pool", get(pool))
         .route("/api/v1/miners/{address}", get(miner))
         .route("/api/client/{address}", get(public_pool_client))
+        .route("/api/v1/ledger/{owner}", get(ledger_owner))
+        .route("/api/v1/ledger/{owner}/blocks", get(ledger_blocks))
         .with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })
@@ -101,6 +107,82 @@ async fn miner(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Res
         })).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+fn ledger_of(s: &Shared) -> Result<&Arc<ledger::Ledger>, Response> {
+    s.ledger.get().ok_or_else(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "no ledger connected"})),
+        )
+            .into_response()
+    })
+}
+
+fn ledger_error(e: &ledger::LedgerError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": e.to_string()})),
+    )
+        .into_response()
+}
+
+async fn ledger_owner(State(s): State<Arc<Shared>>, Path(owner): Path<String>) -> Response {
+    if let Some(r) = bad_address(&owner) {
+        return r;
+    }
+    let l = match ledger_of(&s) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let balances = match l.balances_of(&owner).await {
+        Ok(b) => b,
+        Err(e) => return ledger_error(&e),
+    };
+    let mut out = serde_json::Map::new();
+    let mut recent = Vec::new();
+    for (name, msat) in &balances {
+        let bucket = name.rsplit_once('/').map_or(name.as_str(), |(_, b)| b);
+        out.insert(bucket.to_string(), json!(msat));
+        if let Ok(acc) = ledger::Account::parse(name) {
+            match l.history(&acc, 100).await {
+                Ok(h) => recent.extend(h.into_iter().map(|x| {
+                    json!({"account": name, "tx": x.tx_id, "key": x.key, "memo": x.memo, "posted_at_ms": x.posted_at_ms, "msat": x.msat})
+                })),
+                Err(e) => return ledger_error(&e),
+            }
+        }
+    }
+    Json(json!({"owner": owner, "balances_msat": out, "recent": recent})).into_response()
+}
+
+async fn ledger_blocks(State(s): State<Arc<Shared>>, Path(owner): Path<String>) -> Response {
+    if let Some(r) = bad_address(&owner) {
+        return r;
+    }
+    let l = match ledger_of(&s) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let credits = match l.history(&ledger::Account::immature(&owner), 1000).await {
+        Ok(h) => h,
+        Err(e) => return ledger_error(&e),
+    };
+    let mut blocks = Vec::new();
+    for c in credits.iter().filter(|c| c.key.starts_with("block:")) {
+        let hash = c.key.trim_start_matches("block:");
+        let state = match (
+            l.find_key(&format!("mature:{hash}")).await,
+            l.find_key(&format!("orphan:{hash}")).await,
+        ) {
+            (Ok(Some(_)), _) => "mature",
+            (_, Ok(Some(_))) => "orphaned",
+            (Ok(None), Ok(None)) => "immature",
+            (Err(e), _) | (_, Err(e)) => return ledger_error(&e),
+        };
+        blocks.push(json!({"block": hash, "msat": c.msat, "state": state, "memo": c.memo, "posted_at_ms": c.posted_at_ms}));
+    }
+    Json(json!({"owner": owner, "blocks": blocks})).into_response()
 }
 
 async fn public_pool_client(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Response {

@@ -52,6 +52,8 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     bans: Mutex<HashMap<IpAddr, Instant>>,
     next_en1: AtomicU32,
+    /// The ledger, once [`Pool::feed_ledger`] connected one (read by the HTTP API).
+    pub ledger: std::sync::OnceLock<Arc<ledger::Ledger>>,
 }
 
 /// A running pool.
@@ -85,6 +87,7 @@ impl Pool {
             bans: Mutex::new(HashMap::new()),
             // Start from a random point so restarts do not reuse extranonce1 values.
             next_en1: AtomicU32::new(rand_u32()),
+            ledger: std::sync::OnceLock::new(),
         });
         refresh_once(&shared, &jobs_tx, true).await;
         tracker.spawn(templates(shared.clone(), jobs_tx, token.clone()));
@@ -120,6 +123,7 @@ impl Pool {
     /// Copies accepted shares into `ledger`'s work log until shutdown ([`crate::accounting`]).
     /// Shares logged after the last copy are copied at the next start.
     pub fn feed_ledger(&self, ledger: Arc<ledger::Ledger>) {
+        let _ = self.shared.ledger.set(ledger.clone());
         let db = self.shared.log.db().clone();
         let stats = self.shared.stats.clone();
         // Pool mode credits blocks PPLNS; SOLO blocks pay the finder in the coinbase.

@@ -659,6 +659,28 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     assert_eq!(l.balance(&Account::available(&alice)).await.unwrap(), a2);
     assert_eq!(l.balance(&Account::available(&bob)).await.unwrap(), b2);
     assert!(l.verify().await.unwrap().problems.is_empty());
+    // The same through the HTTP API.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    h.pool.serve_http(listener);
+    let (code, body) = http_get(http, &format!("/api/v1/ledger/{alice}")).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["balances_msat"]["available"], a2);
+    assert_eq!(v["balances_msat"]["immature"], 0);
+    let (code, body) = http_get(http, &format!("/api/v1/ledger/{alice}/blocks")).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let blocks = v["blocks"].as_array().unwrap();
+    let matured: i64 = blocks
+        .iter()
+        .filter(|b| b["state"] == "mature")
+        .map(|b| b["msat"].as_i64().unwrap())
+        .sum();
+    assert_eq!(matured, a2, "{body}");
+    assert!(blocks
+        .iter()
+        .all(|b| b["state"] == "mature" || b["state"] == "orphaned"));
     eprintln!(
         "pool mode: {} blocks credited PPLNS (alice {a}, bob {b}, fees {fees} msat); 1 orphaned and reversed; the rest matured after 100 confirmations",
         history.len()
