@@ -109,14 +109,16 @@ async fn miner(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Res
     .into_response()
 }
 
-fn ledger_of(s: &Shared) -> Result<&Arc<ledger::Ledger>, Response> {
-    s.ledger.get().ok_or_else(|| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "no ledger connected"})),
-        )
-            .into_response()
-    })
+fn ledger_of(s: &Shared) -> Option<&Arc<ledger::Ledger>> {
+    s.ledger.get()
+}
+
+fn no_ledger() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "no ledger connected"})),
+    )
+        .into_response()
 }
 
 fn ledger_error(e: &ledger::LedgerError) -> Response {
@@ -131,9 +133,8 @@ async fn ledger_owner(State(s): State<Arc<Shared>>, Path(owner): Path<String>) -
     if let Some(r) = bad_address(&owner) {
         return r;
     }
-    let l = match ledger_of(&s) {
-        Ok(l) => l,
-        Err(r) => return r,
+    let Some(l) = ledger_of(&s) else {
+        return no_ledger();
     };
     let balances = match l.balances_of(&owner).await {
         Ok(b) => b,
@@ -160,9 +161,8 @@ async fn ledger_blocks(State(s): State<Arc<Shared>>, Path(owner): Path<String>) 
     if let Some(r) = bad_address(&owner) {
         return r;
     }
-    let l = match ledger_of(&s) {
-        Ok(l) => l,
-        Err(r) => return r,
+    let Some(l) = ledger_of(&s) else {
+        return no_ledger();
     };
     let credits = match l.history(&ledger::Account::immature(&owner), 1000).await {
         Ok(h) => h,
