@@ -74,6 +74,9 @@ pub async fn ingest_once(log: &SqlitePool, ledger: &Ledger, after: i64) -> Resul
     Ok((recs.len(), last))
 }
 
+/// Longest interval between settlement passes when the tip does not move.
+pub const SETTLE_EVERY: Duration = Duration::from_secs(5);
+
 /// Confirmations after which a coinbase may be spent (consensus) and credits become available.
 pub const COINBASE_MATURITY: u32 = 100;
 
@@ -335,6 +338,8 @@ pub async fn ingest_loop(
     // Blocks are re-examined from the start after a restart; crediting and settling are idempotent.
     let mut blocks_after: i64 = 0;
     let mut settled_after: i64 = 0;
+    let mut last_settle = std::time::Instant::now();
+    let mut settled_tip = u32::MAX;
     let mut backoff = INGEST_IDLE;
     loop {
         let step = async {
@@ -353,7 +358,14 @@ pub async fn ingest_loop(
                 .map_err(|e| e.to_string())?;
             if let Some(fee) = pplns_fee_ppm {
                 blocks_after = credit_blocks(&log, &ledger, fee, blocks_after, last).await?;
-                settled_after = settle_blocks(&log, &ledger, &backend, settled_after).await?;
+                // Settling asks the chain about every pending block: at most every SETTLE_EVERY,
+                // or at once when the tip moved.
+                let tip = backend.tip().borrow().height;
+                if last_settle.elapsed() >= SETTLE_EVERY || tip != settled_tip {
+                    settled_after = settle_blocks(&log, &ledger, &backend, settled_after).await?;
+                    last_settle = std::time::Instant::now();
+                    settled_tip = tip;
+                }
             }
             Ok::<_, String>((n, last, max.unwrap_or(0)))
         };
