@@ -101,6 +101,35 @@ fn rejects(ev: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// Waits until serve's accounting copied every share of `data_dir`'s share log into the ledger at
+/// `ledger_url`; returns (shares logged, work-log records read back).
+async fn wait_ingested(
+    data_dir: &std::path::Path,
+    ledger_url: &str,
+    secs: u64,
+) -> (i64, Vec<(String, u128)>) {
+    let (log, _w) = pool::share_log::ShareLog::open(&data_dir.join("pool.sqlite"))
+        .await
+        .unwrap();
+    let logged = log.share_count().await.unwrap();
+    let l = ledger::Ledger::open(ledger_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let hw = l.work_high_water("pool").await.unwrap().unwrap_or(0);
+        if hw as i64 >= logged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger work log stuck at {hw} of {logged} shares"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let window = l.work_window("pool", u128::MAX).await.unwrap();
+    l.close().await;
+    (logged, window)
+}
+
 fn url(a: std::net::SocketAddr) -> String {
     format!("stratum+tcp://{a}")
 }
@@ -139,30 +168,10 @@ fn mines_on_serve_with_version_rolling_and_finds_blocks_without_a_reject() {
     let accepted = accepted_on(&ev, &pool);
     // Accounting: serve copies every logged share into the ledger's work log (DATA/ledger.sqlite).
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ingested = rt.block_on(async {
-        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
-            .await
-            .unwrap();
-        let logged = log.share_count().await.unwrap();
-        let l = ledger::Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let hw = l.work_high_water("pool").await.unwrap().unwrap_or(0);
-            if hw as i64 >= logged {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ledger work log stuck at {hw} of {logged} shares"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let window = l.work_window("pool", u128::MAX).await.unwrap();
-        assert!(window.iter().all(|(owner, _)| owner == ADDR));
-        window.len()
-    });
+    let ledger_url = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
+    let (_, window) = rt.block_on(wait_ingested(dir.path(), &ledger_url, 20));
+    assert!(window.iter().all(|(owner, _)| owner == ADDR));
+    let ingested = window.len();
     assert!(ingested >= accepted, "{ingested} ingested < {accepted} accepted");
     drop(served);
     // The pool's own records: every accepted share is logged, rolled version bits were used, and the
@@ -562,28 +571,8 @@ fn postgres_stopped_and_restarted_under_load_loses_no_share() {
     assert!(rejects(&ev).is_empty(), "rejected shares: {:?}", rejects(&ev));
     let accepted = accepted_on(&ev, &pool_url);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (logged, ingested) = rt.block_on(async {
-        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
-            .await
-            .unwrap();
-        let logged = log.share_count().await.unwrap();
-        let l = ledger::Ledger::open(&pg.url).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let hw = l.work_high_water("pool").await.unwrap().unwrap_or(0);
-            if hw as i64 >= logged {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ledger stuck at {hw} of {logged} shares after the restart"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let n = l.work_window("pool", u128::MAX).await.unwrap().len();
-        l.close().await;
-        (logged, n)
-    });
+    let (logged, window) = rt.block_on(wait_ingested(dir.path(), &pg.url, 60));
+    let ingested = window.len();
     drop(served);
     assert!(logged >= accepted as i64);
     assert_eq!(
