@@ -27,8 +27,17 @@ pub enum ChainKind {
 pub enum Scheme {
     /// The block pays the finder.
     Solo,
-    /// The block pays --pool-address (share accounting comes with the ledger).
+    /// The block pays --pool-address; miners are credited in the ledger (see --sharing).
     Pool,
+}
+
+/// How pool-mode blocks are shared.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharingArg {
+    /// Pay per last N = 2·D of work.
+    Pplns,
+    /// N = 8·D (window ending at the block's share).
+    Tides,
 }
 
 /// Flags of `cloudmine serve`.
@@ -83,6 +92,9 @@ pub struct ServeArgs {
     /// Accepted shares allowed to wait for the ledger (while it is down); past it shares are refused.
     #[arg(long, default_value_t = pool::config::LEDGER_BACKLOG_DEFAULT)]
     pub ledger_backlog_max: u64,
+    /// How pool-mode blocks are shared among miners.
+    #[arg(long, value_enum, default_value_t = SharingArg::Pplns)]
+    pub sharing: SharingArg,
     /// Pool fee in parts per million of each block's reward (pool mode; 10000 = 1 %).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub pool_fee_ppm: u32,
@@ -199,6 +211,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     cfg.vardiff.min = units::Difficulty::from_f64(args.min_difficulty).context("--min-difficulty")?;
     cfg.connections_max = args.connections_max.max(1);
     cfg.fee_ppm = args.pool_fee_ppm;
+    cfg.sharing = match args.sharing {
+        SharingArg::Pplns => pool::config::Sharing::Pplns,
+        SharingArg::Tides => pool::config::Sharing::Tides,
+    };
     cfg.ledger_backlog_max = args.ledger_backlog_max.max(1);
     cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);
     cfg.vardiff.max = units::Difficulty::from_f64(args.max_difficulty).context("--max-difficulty")?;

@@ -201,6 +201,15 @@ async fn settle_blocks(
     Ok(pos)
 }
 
+/// How a pool-mode block is shared: the window rule and the pool fee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// PPLNS or TIDES.
+    pub sharing: crate::config::Sharing,
+    /// Pool fee, parts per million of the reward.
+    pub fee_ppm: u32,
+}
+
 /// What happened to one accepted block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credit {
@@ -217,13 +226,14 @@ pub enum Credit {
 pub async fn credit_block(
     log: &SqlitePool,
     ledger: &Ledger,
-    fee_ppm: u32,
+    rule: Rule,
     hash: &str,
     height: i64,
     raw: &[u8],
     ingested: i64,
 ) -> Result<Credit, String> {
     use bitcoin::consensus::deserialize;
+    let Rule { sharing, fee_ppm } = rule;
     let block: bitcoin::Block = deserialize(raw).map_err(|e| format!("block {hash}: {e}"))?;
     let header = raw
         .get(..80)
@@ -252,7 +262,7 @@ pub async fn credit_block(
     if w.bits() > 120 {
         return Err(format!("block {hash}: work out of range"));
     }
-    let window = w.low_u128() * crate::config::PPLNS_WINDOW_FACTOR;
+    let window = w.low_u128() * sharing.window_factor();
     let shares = ledger
         .work_window_upto(SOURCE, share.unsigned_abs(), window)
         .await
@@ -286,7 +296,10 @@ pub async fn credit_block(
     }
     let tx = Transaction::new(
         &format!("block:{hash}"),
-        &format!("block {height}: PPLNS over {window} hashes of work, fee {fee_ppm} ppm"),
+        &format!(
+            "block {height}: {} over {window} hashes of work, fee {fee_ppm} ppm",
+            sharing.name()
+        ),
         postings,
     )
     .map_err(|e| e.to_string())?;
@@ -299,7 +312,7 @@ pub async fn credit_block(
 async fn credit_blocks(
     log: &SqlitePool,
     ledger: &Ledger,
-    fee_ppm: u32,
+    rule: Rule,
     after: i64,
     ingested: i64,
 ) -> Result<i64, String> {
@@ -316,7 +329,7 @@ async fn credit_blocks(
         let hash: String = r.try_get(1).map_err(|e| e.to_string())?;
         let height: i64 = r.try_get(2).map_err(|e| e.to_string())?;
         let raw: Vec<u8> = r.try_get(3).map_err(|e| e.to_string())?;
-        match credit_block(log, ledger, fee_ppm, &hash, height, &raw, ingested).await? {
+        match credit_block(log, ledger, rule, &hash, height, &raw, ingested).await? {
             Credit::Wait => break,
             Credit::Posted(_) | Credit::NotOurs => pos = id,
         }
@@ -324,13 +337,13 @@ async fn credit_blocks(
     Ok(pos)
 }
 
-/// Runs until `token` is cancelled. `pplns_fee_ppm`: credit blocks PPLNS with this fee (pool
-/// mode); `None` (SOLO) only copies the work.
+/// Runs until `token` is cancelled. `rule`: credit blocks by it (pool mode); `None` (SOLO) only
+/// copies the work.
 pub async fn ingest_loop(
     log: SqlitePool,
     ledger: Arc<Ledger>,
     stats: Arc<PoolStats>,
-    pplns_fee_ppm: Option<u32>,
+    rule: Option<Rule>,
     backend: chain::Backend,
     token: CancellationToken,
 ) {
@@ -356,8 +369,8 @@ pub async fn ingest_loop(
                 .fetch_one(&log)
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(fee) = pplns_fee_ppm {
-                blocks_after = credit_blocks(&log, &ledger, fee, blocks_after, last).await?;
+            if let Some(rule) = rule {
+                blocks_after = credit_blocks(&log, &ledger, rule, blocks_after, last).await?;
                 // Settling asks the chain about every pending block: at most every SETTLE_EVERY,
                 // or at once when the tip moved.
                 let tip = backend.tip().borrow().height;

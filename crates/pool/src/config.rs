@@ -29,6 +29,36 @@ pub const LEDGER_BACKLOG_DEFAULT: u64 = 1_000_000;
 
 /// PPLNS window in multiples of the block's work (product.md: `N = 2·D`).
 pub const PPLNS_WINDOW_FACTOR: u128 = 2;
+/// TIDES window in multiples of the block's work (product.md: `N = 8·D`).
+pub const TIDES_WINDOW_FACTOR: u128 = 8;
+
+/// How a pool-mode block is shared among miners (product.md). PPS/FPPS exist as formulas in
+/// `ledger::schemes` but are not wired into the pool yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// Pay per last N shares, `N = 2·D`.
+    #[default]
+    Pplns,
+    /// PPLNS with `N = 8·D`. The window ends at the block's own share (not fixed at job issue).
+    Tides,
+}
+
+impl Sharing {
+    /// The window in multiples of the block's work.
+    pub fn window_factor(self) -> u128 {
+        match self {
+            Sharing::Pplns => PPLNS_WINDOW_FACTOR,
+            Sharing::Tides => TIDES_WINDOW_FACTOR,
+        }
+    }
+    /// Name for memos and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sharing::Pplns => "PPLNS",
+            Sharing::Tides => "TIDES",
+        }
+    }
+}
 
 /// Default cap on open connections from one IP address: a large home or small farm fits; a
 /// misbehaving host cannot take the whole server. Farms and proxies behind one address raise it.
@@ -43,6 +73,8 @@ pub struct PoolConfig {
     pub payout: PayoutScheme,
     /// Pool fee in parts per million of a block's reward (pool mode; SOLO pays the finder in full).
     pub fee_ppm: u32,
+    /// How pool-mode blocks are shared.
+    pub sharing: Sharing,
     /// Tag in the coinbase scriptSig.
     pub coinbase_tag: Vec<u8>,
     /// Longest request line; longer closes the connection.
@@ -81,6 +113,7 @@ impl PoolConfig {
             network,
             payout,
             fee_ppm: 0,
+            sharing: Sharing::Pplns,
             coinbase_tag: b"/cloudmine/".to_vec(),
             line_bytes_max: stratum::framing::MINER_LINE_BYTES_MAX,
             handshake_deadline: Duration::from_secs(30),

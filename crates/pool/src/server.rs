@@ -128,7 +128,10 @@ impl Pool {
         let stats = self.shared.stats.clone();
         // Pool mode credits blocks PPLNS; SOLO blocks pay the finder in the coinbase.
         let pplns = match self.shared.cfg.payout {
-            crate::config::PayoutScheme::Pool(_) => Some(self.shared.cfg.fee_ppm),
+            crate::config::PayoutScheme::Pool(_) => Some(crate::accounting::Rule {
+                sharing: self.shared.cfg.sharing,
+                fee_ppm: self.shared.cfg.fee_ppm,
+            }),
             crate::config::PayoutScheme::Solo => None,
         };
         self.tracker.spawn(crate::accounting::ingest_loop(

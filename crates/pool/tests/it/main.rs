@@ -603,9 +603,20 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     .fetch_one(&db)
     .await
     .unwrap();
-    let again = pool::accounting::credit_block(&db, &l, 10_000, &row.0, row.1, &row.2, i64::MAX)
-        .await
-        .unwrap();
+    let again = pool::accounting::credit_block(
+        &db,
+        &l,
+        pool::accounting::Rule {
+            sharing: pool::config::Sharing::Pplns,
+            fee_ppm: 10_000,
+        },
+        &row.0,
+        row.1,
+        &row.2,
+        i64::MAX,
+    )
+    .await
+    .unwrap();
     assert!(matches!(again, pool::accounting::Credit::Posted(_)));
     assert_eq!(l.balance(&Account::immature(&alice)).await.unwrap(), a);
     assert_eq!(l.history(&mined, 1000).await.unwrap().len(), history.len());
@@ -731,5 +742,46 @@ async fn past_the_accounting_backlog_bound_shares_are_refused_not_dropped() {
         .store(0, std::sync::atomic::Ordering::Relaxed);
     let (p, _) = m.find_plain_share(&user);
     assert_eq!(verdict(&m.submit(json!(12), &p).await), Ok(()));
+    h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tides_uses_a_window_of_eight_times_the_block_work() {
+    use ledger::{Account, Ledger, PlatformAccount};
+    let spk = bitcoin::Address::p2wsh(
+        &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 9]),
+        Network::Regtest,
+    )
+    .script_pubkey();
+    let h = harness(|c| {
+        c.payout = PayoutScheme::Pool(spk);
+        c.sharing = pool::config::Sharing::Tides;
+        c.initial_difficulty = Difficulty::MIN;
+    })
+    .await;
+    let l = std::sync::Arc::new(
+        Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
+            .await
+            .unwrap(),
+    );
+    h.pool.feed_ledger(l.clone());
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.t");
+    m.handshake(&user).await;
+    let mined = Account::Platform(PlatformAccount::Mined);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut id = 10;
+    while l.history(&mined, 10).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no block credited");
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {}
+        let (p, _) = m.find_share(&user, false);
+        id += 1;
+        let _ = m.submit(json!(id), &p).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let credit = &l.history(&mined, 10).await.unwrap()[0];
+    // At the dev chain's floor a block's work is 2 hashes: TIDES pays the last 8 · 2 = 16.
+    assert!(credit.memo.contains("TIDES over 16 hashes"), "{}", credit.memo);
+    assert_eq!(l.balance(&Account::immature(ADDR)).await.unwrap(), -credit.msat);
     h.pool.shutdown().await;
 }
