@@ -61,6 +61,10 @@ pub struct MineArgs {
     /// Longest reconnect wait, seconds.
     #[arg(long, default_value_t = 60)]
     pub backoff_max_s: u64,
+    /// On a backup pool, seconds between checks whether the first pool is back (0: never switch back
+    /// while the backup works).
+    #[arg(long, default_value_t = 60)]
+    pub failback_s: u64,
     /// Hash a synthetic job without a pool and print H/s per thread and total.
     #[arg(long)]
     pub benchmark: bool,
@@ -126,6 +130,7 @@ pub fn run(a: MineArgs) -> anyhow::Result<()> {
             min: Duration::from_millis(a.backoff_min_ms.max(1)),
             max: Duration::from_secs(a.backoff_max_s.max(1)),
         },
+        failback: (a.failback_s > 0).then(|| Duration::from_secs(a.failback_s)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

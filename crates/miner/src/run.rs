@@ -6,8 +6,10 @@
 //! miner wait, `backoff.min` doubling up to `backoff.max`, each wait scaled by a random factor in
 //! [0.5, 1) so that many miners do not reconnect in step. A session that got authorized resets the
 //! backoff; when it ends the miner goes back to the first pool (so it returns to the primary as soon
-//! as the primary is up). `client.reconnect` waits as asked, then reconnects to the same pool
-//! (like Bitaxe: a pool cannot redirect the miner elsewhere).
+//! as the primary is up). While on a backup, a prober checks every `failback` interval whether the
+//! first pool accepts TCP connections again and, if so, switches back (cgminer's failback).
+//! `client.reconnect` waits as asked, then reconnects to the same pool (like Bitaxe: a pool cannot
+//! redirect the miner elsewhere).
 
 use crate::connection::{session, PoolUrl, SessionEnd};
 use crate::engine::{Engine, FOUND_QUEUE_MAX};
@@ -53,6 +55,9 @@ pub struct MinerConfig {
     pub time_limit: Option<Duration>,
     /// Reconnect backoff.
     pub backoff: Backoff,
+    /// While on a backup pool, how often to check whether the first pool accepts connections again
+    /// (and switch back to it if so). `None`: stay on the backup until its session ends.
+    pub failback: Option<Duration>,
 }
 
 /// A small xorshift generator for jitter (no cryptographic use).
@@ -123,7 +128,43 @@ pub async fn run(cfg: MinerConfig, shutdown: CancellationToken) -> std::io::Resu
         let Some(url) = cfg.pools.get(i) else { break };
         let name = url.to_string();
         report.connecting(&name);
-        let wait = match session(url, &cfg.client, &engine, &mut rx, &report, &stop).await {
+        // On a backup pool, a prober ends the session when the first pool is reachable again.
+        let session_stop = stop.child_token();
+        let prober = match (i, cfg.failback, cfg.pools.first()) {
+            (1.., Some(every), Some(primary)) => {
+                let (primary, token) = (primary.clone(), session_stop.clone());
+                Some(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            () = token.cancelled() => return false,
+                            () = tokio::time::sleep(every) => {}
+                        }
+                        let probe = tokio::net::TcpStream::connect((primary.host.as_str(), primary.port));
+                        if let Ok(Ok(_)) =
+                            tokio::time::timeout(crate::connection::CONNECT_TIMEOUT, probe).await
+                        {
+                            token.cancel();
+                            return true;
+                        }
+                    }
+                }))
+            }
+            _ => None,
+        };
+        let end = session(url, &cfg.client, &engine, &mut rx, &report, &session_stop).await;
+        session_stop.cancel();
+        let failed_back = match prober {
+            Some(p) => p.await.unwrap_or(false),
+            None => false,
+        };
+        if failed_back && !stop.is_cancelled() {
+            report.disconnected(&name, "the first pool is reachable again: switching back", None);
+            i = 0;
+            failures = 0;
+            delay = cfg.backoff.min;
+            continue;
+        }
+        let wait = match end {
             SessionEnd::Shutdown => break,
             SessionEnd::Reconnect(w) => {
                 report.disconnected(&name, "pool asked to reconnect", Some(w.as_millis() as u64));

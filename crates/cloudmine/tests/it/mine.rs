@@ -200,7 +200,7 @@ fn mines_on_serve_with_version_rolling_and_finds_blocks_without_a_reject() {
 }
 
 #[test]
-fn fails_over_when_the_first_pool_dies_and_comes_back_when_it_restarts() {
+fn fails_over_when_the_first_pool_dies_and_fails_back_when_it_restarts() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, addr_a) = serve_at(da.path(), "127.0.0.1:0", DIFF, true);
     let (b, addr_b) = serve_at(db.path(), "127.0.0.1:0", DIFF, true);
@@ -217,6 +217,8 @@ fn fails_over_when_the_first_pool_dies_and_comes_back_when_it_restarts() {
         "100",
         "--backoff-max-s",
         "1",
+        "--failback-s",
+        "1",
     ]);
     m.wait("shares on the first pool", 60, |ev| accepted_on(ev, &pa) >= 3);
     assert_eq!(
@@ -229,14 +231,19 @@ fn fails_over_when_the_first_pool_dies_and_comes_back_when_it_restarts() {
     drop(a);
     m.wait("shares on the second pool", 60, |ev| accepted_on(ev, &pb) >= 3);
 
-    // Restart the first pool on the same port, then kill the second: the miner returns to the first.
+    // Restart the first pool on the same port: while the second still works, the miner's failback
+    // prober finds the first reachable again and switches back to it.
     let (_a2, addr_a2) = serve_at(da.path(), &addr_a.to_string(), DIFF, true);
     assert_eq!(addr_a2, addr_a);
     let before = accepted_on(&m.snapshot(), &pa);
-    drop(b);
     m.wait("shares on the restarted first pool", 60, |ev| {
         accepted_on(ev, &pa) >= before + 3
     });
+    assert!(m
+        .snapshot()
+        .iter()
+        .any(|e| is(e, "disconnected") && e["reason"].as_str().unwrap_or("").contains("switching back")));
+    drop(b);
 
     let ev = m.stop();
     assert!(rejects(&ev).is_empty(), "rejected shares: {:?}", rejects(&ev));
