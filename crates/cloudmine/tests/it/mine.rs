@@ -658,7 +658,7 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
         rejects(&eb)
     );
     // Wait until every accepted block is credited, then read the books through the CLI.
-    let (credited, total) = rt.block_on(async {
+    rt.block_on(async {
         let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
             .await
             .unwrap();
@@ -675,9 +675,8 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
         loop {
             let h = l.history(&mined, 10_000).await.unwrap();
             if h.len() >= accepted {
-                let total: i64 = h.iter().map(|x| -x.msat).sum();
                 l.close().await;
-                return (h.len(), total);
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -687,7 +686,17 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+    // Stop serve (and its accounting) before reading the books, so nothing is credited mid-read.
     drop(served);
+    let (credited, total) = rt.block_on(async {
+        let l = ledger::Ledger::open(&ledger_url).await.unwrap();
+        let h = l
+            .history(&ledger::Account::Platform(ledger::PlatformAccount::Mined), 10_000)
+            .await
+            .unwrap();
+        l.close().await;
+        (h.len(), h.iter().map(|x| -x.msat).sum::<i64>())
+    });
     let cli = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
             .arg("ledger")
