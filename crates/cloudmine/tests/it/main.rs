@@ -184,6 +184,17 @@ fn serve_at(
     difficulty: &str,
     pin: bool,
 ) -> (Proc, std::net::SocketAddr) {
+    serve_with(dir, listen, difficulty, pin, &[])
+}
+
+/// [`serve_at`] with extra flags.
+fn serve_with(
+    dir: &std::path::Path,
+    listen: &str,
+    difficulty: &str,
+    pin: bool,
+    extra: &[&str],
+) -> (Proc, std::net::SocketAddr) {
     let mut args = vec![
         "serve",
         "--stratum-listen",
@@ -200,6 +211,7 @@ fn serve_at(
     if pin {
         args.extend(["--max-difficulty", difficulty]);
     }
+    args.extend(extra);
     let (proc, addr) = spawn(&args, dir, "cloudmine pool: stratum+tcp://");
     (proc, addr.parse().unwrap())
 }

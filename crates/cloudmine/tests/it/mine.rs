@@ -541,26 +541,12 @@ fn postgres_stopped_and_restarted_under_load_loses_no_share() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (served, addr) = super::spawn(
-        &[
-            "serve",
-            "--stratum-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--status-interval",
-            "0",
-            "--start-difficulty",
-            DIFF,
-            "--min-difficulty",
-            DIFF,
-            "--max-difficulty",
-            DIFF,
-            "--database-url",
-            &pg.url,
-        ],
+    let (served, addr) = super::serve_with(
         dir.path(),
-        "cloudmine pool: stratum+tcp://",
+        "127.0.0.1:0",
+        DIFF,
+        true,
+        &["--database-url", &pg.url],
     );
     let pool_url = format!("stratum+tcp://{addr}");
     let m = mine(&["-o", &pool_url, "-u", &format!("{ADDR}.pg")]);
@@ -600,21 +586,12 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
         .to_string()
     };
     let (pool_addr, alice, bob) = (addr(9), addr(1), addr(2));
-    let (served, stratum) = super::spawn(
+    let (served, stratum) = super::serve_with(
+        dir.path(),
+        "127.0.0.1:0",
+        DIFF,
+        true,
         &[
-            "serve",
-            "--stratum-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--status-interval",
-            "0",
-            "--start-difficulty",
-            DIFF,
-            "--min-difficulty",
-            DIFF,
-            "--max-difficulty",
-            DIFF,
             "--payout-scheme",
             "pool",
             "--pool-address",
@@ -622,8 +599,6 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
             "--pool-fee-ppm",
             "20000",
         ],
-        dir.path(),
-        "cloudmine pool: stratum+tcp://",
     );
     let pool_url = format!("stratum+tcp://{stratum}");
     let ma = mine(&["-o", &pool_url, "-u", &format!("{alice}.a")]);
