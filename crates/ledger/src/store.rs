@@ -383,6 +383,25 @@ fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> sqlx::migrate
     )
 }
 
+/// `SELECT … WHERE <col> IN (<values>)<tail>` for one chunk of bound values, on an open connection;
+/// expanded per driver like [`on_pool!`]. Returns the rows.
+macro_rules! fetch_in {
+    ($conn:expr, $numbered:expr, $head:expr, $values:expr, $tail:expr) => {{
+        let values = $values;
+        let sql = format!(
+            "{} IN ({}){}",
+            $head,
+            placeholders(values.len(), 1, $numbered),
+            $tail
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in values {
+            q = q.bind(v);
+        }
+        q.fetch_all(&mut *$conn).await.map_err(classify)?
+    }};
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -522,15 +541,8 @@ impl Ledger {
                 let keys: Vec<&str> = txs.iter().map(Transaction::key).collect();
                 let mut existing: HashMap<String, (i64, String)> = HashMap::new();
                 for chunk in keys.chunks(PARAMS_MAX) {
-                    let sql = format!(
-                        "SELECT idem_key, id, fingerprint FROM ledger_transactions WHERE idem_key IN ({})",
-                        placeholders(chunk.len(), 1, numbered)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for k in chunk {
-                        q = q.bind(*k);
-                    }
-                    for row in q.fetch_all(&mut *c).await.map_err(classify)? {
+                    let head = "SELECT idem_key, id, fingerprint FROM ledger_transactions WHERE idem_key";
+                    for row in fetch_in!(c, numbered, head, chunk.iter().copied(), "") {
                         existing.insert(
                             row.try_get(0).map_err(classify)?,
                             (row.try_get(1).map_err(classify)?, row.try_get(2).map_err(classify)?),
@@ -565,15 +577,8 @@ impl Ledger {
                         q = q.bind(n.as_str()).bind(*neg);
                     }
                     q.execute(&mut *c).await.map_err(classify)?;
-                    let sql = format!(
-                        "SELECT name, id FROM ledger_accounts WHERE name IN ({})",
-                        placeholders(chunk.len(), 1, numbered)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for (n, _) in chunk {
-                        q = q.bind(n.as_str());
-                    }
-                    for row in q.fetch_all(&mut *c).await.map_err(classify)? {
+                    let head = "SELECT name, id FROM ledger_accounts WHERE name";
+                    for row in fetch_in!(c, numbered, head, chunk.iter().map(|(n, _)| n.as_str()), "") {
                         let n: String = row.try_get(0).map_err(classify)?;
                         let id: i64 = row.try_get(1).map_err(classify)?;
                         fresh.insert(n.clone(), id);
@@ -586,15 +591,9 @@ impl Ledger {
                 id_list.dedup();
                 let mut balances: HashMap<i64, (i64, bool)> = HashMap::new();
                 for chunk in id_list.chunks(PARAMS_MAX) {
-                    let sql = format!(
-                        "SELECT id, balance_msat, allow_negative FROM ledger_accounts WHERE id IN ({}) ORDER BY id{lock}",
-                        placeholders(chunk.len(), 1, numbered)
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for id in chunk {
-                        q = q.bind(*id);
-                    }
-                    for row in q.fetch_all(&mut *c).await.map_err(classify)? {
+                    let head = "SELECT id, balance_msat, allow_negative FROM ledger_accounts WHERE id";
+                    let tail = format!(" ORDER BY id{lock}");
+                    for row in fetch_in!(c, numbered, head, chunk.iter().copied(), tail) {
                         balances.insert(
                             row.try_get(0).map_err(classify)?,
                             (row.try_get(1).map_err(classify)?, row.try_get(2).map_err(classify)?),

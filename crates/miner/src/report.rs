@@ -211,7 +211,6 @@ impl Report {
     }
 
     /// The pool's verdict on a share.
-    #[allow(clippy::too_many_arguments)]
     pub fn verdict(
         &self,
         job: &str,

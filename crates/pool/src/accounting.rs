@@ -234,6 +234,14 @@ pub async fn credit_block(
 ) -> Result<Credit, String> {
     use bitcoin::consensus::deserialize;
     let Rule { sharing, fee_ppm } = rule;
+    // Credited before (e.g. re-examined after a restart): no window to read again.
+    if let Some(id) = ledger
+        .find_key(&format!("block:{hash}"))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(Credit::Posted(id));
+    }
     let block: bitcoin::Block = deserialize(raw).map_err(|e| format!("block {hash}: {e}"))?;
     let header = raw
         .get(..80)

@@ -173,13 +173,11 @@ impl Session {
             }
             ClientRequest::Submit(s) => {
                 let started = std::time::Instant::now();
-                let res = self.submit_inner(shared, s, now_ms).await;
+                let res = self.submit_inner(shared, s, now_ms, &id, started).await;
                 if res.is_err() {
                     shared.stats.observe_latency(started.elapsed().as_secs_f64());
                 }
-                let res = res.map(|mut p| {
-                    p.id = id.clone();
-                    p.started = started;
+                let res = res.map(|p| {
                     out.pending = Some(p);
                     Value::Null
                 });
@@ -398,6 +396,8 @@ impl Session {
         shared: &Shared,
         s: Submit,
         now_ms: u64,
+        id: &Value,
+        started: std::time::Instant,
     ) -> Result<PendingShare, (i32, String)> {
         // 1. subscribed, authorized, worker matches
         if !self.subscribed {
@@ -491,13 +491,13 @@ impl Session {
             (code::OTHER, "Share could not be recorded; retry".to_string())
         })?;
         Ok(PendingShare {
-            id: Value::Null,
+            id: id.clone(),
             committed,
             address,
             worker,
             assigned,
             achieved: check.achieved_difficulty(),
-            started: std::time::Instant::now(),
+            started,
         })
     }
 

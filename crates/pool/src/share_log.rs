@@ -101,6 +101,8 @@ const SCHEMA: &[&str] = &[
         header BLOB NOT NULL CHECK (length(header) = 80),
         is_block INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS shares_address_ts ON shares(address, ts_ms)",
+    // Accounting finds a block's own share by its header; only block shares are indexed.
+    "CREATE INDEX IF NOT EXISTS shares_block_header ON shares(header) WHERE is_block = 1",
     "CREATE TABLE IF NOT EXISTS blocks (
         id INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
