@@ -300,6 +300,95 @@ impl BitcoindBackend {
         Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
     }
 
+    /// Outputs paying `script` from the first node that answers `scantxoutset` (Core scans its UTXO
+    /// set: slow on mainnet, minutes; payouts run on a schedule). Immature coinbases are left out.
+    /// Core's `scantxoutset` does not see the mempool: the payout engine keeps one payout in flight at
+    /// a time, so it never picks a coin its own pending payout spends.
+    pub async fn spendable_coins(
+        &self,
+        script: &bitcoin::ScriptBuf,
+    ) -> Result<Vec<crate::SpendableCoin>, BackendError> {
+        let desc = format!("raw({})", script.as_bytes().to_lower_hex_string());
+        let mut last = None;
+        for c in &self.inner.clients {
+            match c.call("scantxoutset", json!(["start", [desc]])).await {
+                Ok(v) => return parse_scan(&v, script, c.url()),
+                Err(e) => last = Some(classify(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
+    }
+
+    /// `sendrawtransaction` to every node; success if any has it.
+    pub async fn broadcast(
+        &self,
+        tx: &bitcoin::Transaction,
+    ) -> Result<Result<bitcoin::Txid, String>, BackendError> {
+        let hex = bitcoin::consensus::serialize(tx).to_lower_hex_string();
+        let txid = tx.compute_txid();
+        let mut refused = None;
+        let mut last = None;
+        for c in &self.inner.clients {
+            match c.call("sendrawtransaction", json!([hex])).await {
+                Ok(_) => return Ok(Ok(txid)),
+                // -27: already in the chain; "txn-already-known"/"already in mempool": the node has it.
+                Err(ClientError::Rpc { error, .. })
+                    if error.code == -27
+                        || error.message.contains("already-known")
+                        || error.message.contains("already in") =>
+                {
+                    return Ok(Ok(txid))
+                }
+                Err(ClientError::Rpc { error, .. }) if matches!(error.code, -25 | -26 | -22) => {
+                    refused = Some(format!("{} ({})", error.message, error.code));
+                }
+                Err(e) => last = Some(classify(e)),
+            }
+        }
+        match (refused, last) {
+            (Some(r), _) => Ok(Err(r)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(BackendError::Internal("no node".into())),
+        }
+    }
+
+    /// `getrawtransaction txid true` on the first node that answers (needs `-txindex=1` for
+    /// confirmed transactions that are not the node wallet's; error -5 means unknown).
+    pub async fn tx_status(&self, txid: &bitcoin::Txid) -> Result<crate::TxStatus, BackendError> {
+        let mut last = None;
+        for c in &self.inner.clients {
+            match c.call("getrawtransaction", json!([txid.to_string(), true])).await {
+                Ok(v) => {
+                    let confs = v.get("confirmations").and_then(Value::as_i64).unwrap_or(0);
+                    let Ok(confirmations @ 1..) = u32::try_from(confs) else {
+                        return Ok(crate::TxStatus::Mempool);
+                    };
+                    let block = v.get("blockhash").and_then(Value::as_str).unwrap_or_default();
+                    let header = c
+                        .call("getblockheader", json!([block, true]))
+                        .await
+                        .map_err(classify)?;
+                    let height = header
+                        .get("height")
+                        .and_then(Value::as_u64)
+                        .and_then(|h| u32::try_from(h).ok())
+                        .ok_or_else(|| {
+                            BackendError::Internal(format!("getblockheader {block}: no height"))
+                        })?;
+                    return Ok(crate::TxStatus::Confirmed {
+                        confirmations,
+                        height,
+                    });
+                }
+                Err(ClientError::Rpc { error, .. }) if error.code == -5 => {
+                    return Ok(crate::TxStatus::Unknown)
+                }
+                Err(e) => last = Some(classify(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
+    }
+
     /// Submits a block to every node at once.
     pub async fn submit_block(&self, block: &Block) -> Result<BlockFate, BackendError> {
         let hex = bitcoin::consensus::serialize(block).to_lower_hex_string();
@@ -330,6 +419,66 @@ impl BitcoindBackend {
             .next()
             .unwrap_or_else(|| BackendError::Internal("no node answered".into())))
     }
+}
+
+/// Reads a `scantxoutset` result: unspents with exact amounts (Core prints 8 decimals), immature
+/// coinbases dropped (the scan's `height` is the tip).
+fn parse_scan(
+    v: &Value,
+    script: &bitcoin::ScriptBuf,
+    url: &str,
+) -> Result<Vec<crate::SpendableCoin>, BackendError> {
+    let bad = |d: String| {
+        BackendError::Rpc(ClientError::Rpc {
+            url: url.to_string(),
+            error: core_rpc::RpcError::new(code::MISC_ERROR, format!("scantxoutset: {d}")),
+        })
+    };
+    let tip = v
+        .get("height")
+        .and_then(Value::as_u64)
+        .and_then(|h| u32::try_from(h).ok())
+        .ok_or_else(|| bad("no height".into()))?;
+    let list = v
+        .get("unspents")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no unspents".into()))?;
+    let mut out = Vec::with_capacity(list.len());
+    for u in list {
+        let txid = u
+            .get("txid")
+            .and_then(Value::as_str)
+            .and_then(|s| bitcoin::Txid::from_str(s).ok())
+            .ok_or_else(|| bad("bad txid".into()))?;
+        let vout = u
+            .get("vout")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad("bad vout".into()))?;
+        let amount = u
+            .get("amount")
+            .and_then(|a| bitcoin::Amount::from_str_in(&a.to_string(), bitcoin::Denomination::Bitcoin).ok())
+            .ok_or_else(|| bad(format!("bad amount in {u}")))?;
+        let height = u
+            .get("height")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad("bad height".into()))?;
+        let coinbase = u.get("coinbase").and_then(Value::as_bool).unwrap_or(false);
+        if coinbase && (tip + 1).saturating_sub(height) < crate::COINBASE_MATURITY {
+            continue;
+        }
+        out.push(crate::SpendableCoin {
+            outpoint: bitcoin::OutPoint { txid, vout },
+            txout: bitcoin::TxOut {
+                value: amount,
+                script_pubkey: script.clone(),
+            },
+            height,
+        });
+    }
+    out.sort_by_key(|c| (c.height, c.outpoint.txid, c.outpoint.vout));
+    Ok(out)
 }
 
 /// `Ok(None)` accepted, `Ok(Some(reason))` rejected.

@@ -44,6 +44,8 @@ pub struct DevNode {
 struct Inner {
     chain: Mutex<DevChain>,
     tip: watch::Sender<Tip>,
+    /// Core's regtest `setmocktime`: the node's clock when non-zero.
+    mocktime: std::sync::atomic::AtomicU32,
 }
 
 impl DevNode {
@@ -58,6 +60,7 @@ impl DevNode {
             inner: Arc::new(Inner {
                 chain: Mutex::new(chain),
                 tip: tx,
+                mocktime: std::sync::atomic::AtomicU32::new(0),
             }),
         }
     }
@@ -65,6 +68,20 @@ impl DevNode {
     /// Locks the chain (callers: blocking context only, never across `.await`).
     pub fn lock(&self) -> MutexGuard<'_, DevChain> {
         self.inner.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node's clock: the wall clock, or the time `setmocktime` set.
+    pub fn now(&self) -> u32 {
+        match self.inner.mocktime.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => now(),
+            t => t,
+        }
+    }
+
+    /// Core's regtest `setmocktime`: pretend the clock reads `t` (0: the wall clock again). Lets a
+    /// test bury a block 100 deep at the dev chain's pace without waiting 100 intervals.
+    pub fn set_mocktime(&self, t: u32) {
+        self.inner.mocktime.store(t, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Watches the tip.
@@ -87,7 +104,7 @@ impl DevNode {
     /// A template at the current wall-clock time.
     pub async fn template(&self) -> Result<mining_core::BlockTemplate, crate::BackendError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.lock().template(now()))
+        tokio::task::spawn_blocking(move || me.lock().template(me.now()))
             .await
             .map_err(|e| crate::BackendError::Internal(format!("template task: {e}")))
     }
@@ -107,6 +124,74 @@ impl DevNode {
         .map_err(|e| crate::BackendError::Internal(format!("confirmations task: {e}")))
     }
 
+    /// Runs `f` on the locked chain on a blocking thread.
+    async fn with_chain<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut DevChain) -> T + Send + 'static,
+    ) -> Result<T, crate::BackendError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut me.lock()))
+            .await
+            .map_err(|e| crate::BackendError::Internal(format!("{what} task: {e}")))
+    }
+
+    /// Confirmed outputs paying `script` spendable in the next block, oldest first; outputs a mempool
+    /// transaction already spends are left out.
+    pub async fn spendable_coins(
+        &self,
+        script: &bitcoin::ScriptBuf,
+    ) -> Result<Vec<crate::SpendableCoin>, crate::BackendError> {
+        let script = script.clone();
+        self.with_chain("coins", move |c| {
+            let next = c.height() + 1;
+            c.coins_for(&script)
+                .into_iter()
+                .filter(|(op, coin)| {
+                    (!coin.coinbase || next.saturating_sub(coin.height) >= crate::COINBASE_MATURITY)
+                        && c.mempool().spender(op).is_none()
+                })
+                .map(|(outpoint, coin)| crate::SpendableCoin {
+                    outpoint,
+                    txout: coin.out,
+                    height: coin.height,
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Puts a signed transaction in the dev chain's mempool (Core's rules; already known is success).
+    pub async fn broadcast(&self, tx: &Transaction) -> Result<Result<Txid, String>, crate::BackendError> {
+        let tx = tx.clone();
+        self.with_chain("broadcast", move |c| {
+            let txid = tx.compute_txid();
+            if c.find_tx(&txid).is_some() {
+                return Ok(txid);
+            }
+            c.accept_transaction(tx, 0, None).map_err(|r| r.reason)
+        })
+        .await
+    }
+
+    /// Where `txid` stands on the dev chain.
+    pub async fn tx_status(&self, txid: &Txid) -> Result<crate::TxStatus, crate::BackendError> {
+        let txid = *txid;
+        self.with_chain("tx status", move |c| {
+            if let Some(h) = c.find_tx(&txid) {
+                crate::TxStatus::Confirmed {
+                    confirmations: c.height().saturating_sub(h) + 1,
+                    height: h,
+                }
+            } else if c.mempool().contains(&txid) {
+                crate::TxStatus::Mempool
+            } else {
+                crate::TxStatus::Unknown
+            }
+        })
+        .await
+    }
+
     /// Submits a block; the reason string on rejection.
     pub async fn submit_block(&self, block: Block) -> BlockFate {
         let me = self.clone();
@@ -118,7 +203,7 @@ impl DevNode {
     /// Submits a block from a blocking context.
     pub fn submit_block_blocking(&self, block: Block) -> BlockFate {
         let mut chain = self.lock();
-        let res = chain.submit_block(block, now());
+        let res = chain.submit_block(block, self.now());
         match res {
             Ok(ok) => {
                 tracing::info!(height = ok.height, hash = %ok.hash, "dev chain accepted block");
@@ -350,13 +435,25 @@ impl RpcHandler for DevRpc {
             "invalidateblock" => {
                 let h = hash_param(p, 0, "blockhash")?;
                 let mut chain = self.node.lock();
-                chain.invalidate_block(&h, now()).map_err(|e| match e {
+                chain.invalidate_block(&h, self.node.now()).map_err(|e| match e {
                     SubmitError::Rejected(r) if r.reason == "Block not found" => {
                         RpcError::new(code::INVALID_ADDRESS_OR_KEY, "Block not found")
                     }
                     other => RpcError::new(code::MISC_ERROR, other.to_string()),
                 })?;
                 self.node.publish(&chain);
+                Ok(Value::Null)
+            }
+            "setmocktime" => {
+                let t = match param(p, 0) {
+                    Some(Value::Number(n)) => {
+                        n.as_u64().and_then(|t| u32::try_from(t).ok()).ok_or_else(|| {
+                            RpcError::invalid_parameter("Mocktime must be in the range [0, 4294967295]")
+                        })?
+                    }
+                    _ => return Err(RpcError::type_error("timestamp: expected a number")),
+                };
+                self.node.set_mocktime(t);
                 Ok(Value::Null)
             }
             "uptime" => Ok(json!(0)),
@@ -435,7 +532,7 @@ impl DevRpc {
                 "getblocktemplate must be called with the segwit rule set (call with {\"rules\": [\"segwit\"]})",
             ));
         }
-        let t = self.node.lock().template(now());
+        let t = self.node.lock().template(self.node.now());
         serde_json::to_value(GbtResult::from_template(&t))
             .map_err(|e| RpcError::new(code::INTERNAL_ERROR, e.to_string()))
     }
@@ -536,7 +633,7 @@ impl DevRpc {
         };
         let mut chain = self.node.lock();
         chain
-            .accept_transaction(tx, now(), max)
+            .accept_transaction(tx, self.node.now(), max)
             .map(|txid| json!(txid.to_string()))
             .map_err(|r| RpcError::new(r.code, r.reason))
     }
@@ -558,7 +655,7 @@ impl DevRpc {
         while (hashes.len() as u64) < n {
             let (block, ahead) = {
                 let chain = self.node.lock();
-                let t = now();
+                let t = self.node.now();
                 (
                     chain.generate_block(&script, t, tries),
                     chain.template(t).cur_time > t,

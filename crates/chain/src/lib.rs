@@ -10,6 +10,10 @@
 //! * [`Backend`]: the one type the pool holds, either of the two.
 //!
 //! Both report the tip through a `tokio::sync::watch` channel so a new block reaches the pool at once.
+//!
+//! For balance payouts signed by the pool's own key, both also answer what a wallet needs: the spendable
+//! outputs paying a script ([`Backend::spendable_coins`]), broadcasting a signed transaction
+//! ([`Backend::broadcast`]) and where a transaction stands ([`Backend::tx_status`]).
 
 pub mod bitcoind;
 pub mod dev;
@@ -38,6 +42,36 @@ pub enum BlockFate {
     /// Rejected with Core's reason string by every node that answered.
     Rejected(String),
 }
+
+/// An unspent output a wallet may spend now (confirmed; a coinbase only once mature).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpendableCoin {
+    /// Where it is.
+    pub outpoint: bitcoin::OutPoint,
+    /// What it holds.
+    pub txout: bitcoin::TxOut,
+    /// Height of the block that created it.
+    pub height: u32,
+}
+
+/// Where a transaction stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxStatus {
+    /// In the best chain.
+    Confirmed {
+        /// Confirmations (1 = in the tip).
+        confirmations: u32,
+        /// Height of its block.
+        height: u32,
+    },
+    /// Waiting in the node's mempool.
+    Mempool,
+    /// Neither (never seen, dropped, or its block left the best chain).
+    Unknown,
+}
+
+/// The confirmations after which a coinbase output may be spent (consensus).
+pub const COINBASE_MATURITY: u32 = 100;
 
 /// A chain backend.
 #[derive(Clone, Debug)]
@@ -71,6 +105,37 @@ impl Backend {
         match self {
             Backend::Dev(d) => d.confirmations(hash).await,
             Backend::Bitcoind(b) => b.confirmations(hash).await,
+        }
+    }
+
+    /// Confirmed outputs paying `script` that can be spent in the next block (coinbases mature).
+    pub async fn spendable_coins(
+        &self,
+        script: &bitcoin::ScriptBuf,
+    ) -> Result<Vec<SpendableCoin>, BackendError> {
+        match self {
+            Backend::Dev(d) => d.spendable_coins(script).await,
+            Backend::Bitcoind(b) => b.spendable_coins(script).await,
+        }
+    }
+
+    /// Broadcasts a signed transaction: `Ok(Ok(txid))` when the node has it (accepted now, or
+    /// already in its mempool or chain), `Ok(Err(reason))` when the node refused it.
+    pub async fn broadcast(
+        &self,
+        tx: &bitcoin::Transaction,
+    ) -> Result<Result<bitcoin::Txid, String>, BackendError> {
+        match self {
+            Backend::Dev(d) => d.broadcast(tx).await,
+            Backend::Bitcoind(b) => b.broadcast(tx).await,
+        }
+    }
+
+    /// Where `txid` stands.
+    pub async fn tx_status(&self, txid: &bitcoin::Txid) -> Result<TxStatus, BackendError> {
+        match self {
+            Backend::Dev(d) => d.tx_status(txid).await,
+            Backend::Bitcoind(b) => b.tx_status(txid).await,
         }
     }
 

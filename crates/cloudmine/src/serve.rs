@@ -86,9 +86,23 @@ pub struct ServeArgs {
     /// Payout scheme.
     #[arg(long, value_enum, default_value_t = Scheme::Solo)]
     pub payout_scheme: Scheme,
-    /// The pool's payout address (required with --payout-scheme pool).
+    /// The address pool-mode coinbases pay. Default: the pool wallet's own address (key in
+    /// DATA/wallet.key, created on first start), which lets the pool pay balances on chain; another
+    /// address turns balance payouts off (balances still accrue in the ledger).
     #[arg(long)]
     pub pool_address: Option<String>,
+    /// Balance payouts: pay an owner once their matured balance reaches this many satoshis.
+    #[arg(long, default_value_t = 100_000)]
+    pub payout_threshold_sat: u64,
+    /// Balance payouts: seconds between payout rounds (one batched transaction per round).
+    #[arg(long, default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub payout_interval_s: u64,
+    /// Balance payouts: feerate of payout transactions in sat/vB (payees share the fee equally).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub payout_feerate: u64,
+    /// Balance payouts: confirmations before a payout is settled as paid.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub payout_confirmations: u32,
     /// Accepted shares allowed to wait for the ledger (while it is down); past it shares are refused.
     #[arg(long, default_value_t = pool::config::LEDGER_BACKLOG_DEFAULT)]
     pub ledger_backlog_max: u64,
@@ -191,18 +205,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (Backend::Bitcoind(backend), network_of(&args.bitcoind_chain)?)
         }
     };
+    let mut wallet = None;
     let payout = match args.payout_scheme {
         Scheme::Solo => PayoutScheme::Solo,
         Scheme::Pool => {
-            let a = args
-                .pool_address
-                .as_deref()
-                .context("--payout-scheme pool needs --pool-address")?;
-            let addr = bitcoin::Address::from_str(a)
-                .with_context(|| format!("--pool-address '{a}'"))?
-                .require_network(network)
-                .with_context(|| format!("--pool-address '{a}' is not an address for {network}"))?;
-            PayoutScheme::Pool(addr.script_pubkey())
+            let key = args.data_dir.join(payouts::keyfile::KEY_FILE);
+            let (w, created) = payouts::keyfile::load_or_create(&key)?;
+            let own = w.address(network);
+            if created {
+                println!(
+                    "pool wallet: new key in {} (back it up: it holds the pool's coins)",
+                    key.display()
+                );
+            }
+            match args.pool_address.as_deref() {
+                None => {
+                    println!("pool mode: coinbases pay the pool wallet {own}; balances are paid on chain");
+                    let script = own.script_pubkey();
+                    wallet = Some(w);
+                    PayoutScheme::Pool(script)
+                }
+                Some(a) => {
+                    let addr = bitcoin::Address::from_str(a)
+                        .with_context(|| format!("--pool-address '{a}'"))?
+                        .require_network(network)
+                        .with_context(|| format!("--pool-address '{a}' is not an address for {network}"))?;
+                    if addr == own {
+                        wallet = Some(w);
+                    } else {
+                        println!("pool mode: coinbases pay {addr}, not the pool wallet ({own}): balance payouts are OFF, balances accrue in the ledger");
+                    }
+                    PayoutScheme::Pool(addr.script_pubkey())
+                }
+            }
         }
     };
     let mut cfg = PoolConfig::new(network, payout);
@@ -251,6 +286,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ledger.backend()
     );
     pool.feed_ledger(ledger.clone());
+    let payouts_token = tokio_util::sync::CancellationToken::new();
+    let payouts_task = wallet.map(|w| {
+        let cfg = payouts::PayoutConfig {
+            network,
+            threshold_sat: args.payout_threshold_sat,
+            feerate_sat_per_vb: args.payout_feerate,
+            confirmations: args.payout_confirmations,
+            interval: Duration::from_secs(args.payout_interval_s),
+        };
+        println!(
+            "payouts: balances of at least {} sat, every {} s, {} sat/vB, settled after {} confirmations",
+            cfg.threshold_sat, args.payout_interval_s, cfg.feerate_sat_per_vb, cfg.confirmations
+        );
+        let engine = payouts::Engine::new(ledger.clone(), backend.clone(), w, cfg);
+        tokio::spawn(engine.run(payouts_token.clone()))
+    });
     println!(
         "cloudmine pool: stratum+tcp://{} (user = your {} address[.worker], any password; data {})",
         pool.local_addr(),
@@ -299,6 +350,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     crate::node::shutdown_signal().await;
     println!("shutting down: closing connections, draining the share log");
+    payouts_token.cancel();
+    if let Some(t) = payouts_task {
+        let _ = t.await;
+    }
     pool.shutdown().await;
     if let Some(s) = status {
         s.abort();

@@ -666,10 +666,12 @@ impl DevChain {
         self.at_height(height).map(|b| b.hash)
     }
 
-    /// Whether `txid` is confirmed on the active chain (linear scan; for tests and small chains).
+    /// The height at which `txid` is confirmed on the active chain (a linear scan from the tip: the
+    /// dev chain is small and wallets ask about recent transactions).
     pub fn find_tx(&self, txid: &Txid) -> Option<u32> {
         self.chain
             .iter()
+            .rev()
             .find(|b| b.block.txdata.iter().any(|t| t.compute_txid() == *txid))
             .map(|b| b.height)
     }

@@ -352,6 +352,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "work log",
         include_str!("../migrations/sqlite/0002_work_log.sql"),
     ),
+    (
+        3,
+        "payouts",
+        include_str!("../migrations/sqlite/0003_payouts.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -363,6 +368,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "work log",
         include_str!("../migrations/postgres/0002_work_log.sql"),
+    ),
+    (
+        3,
+        "payouts",
+        include_str!("../migrations/postgres/0003_payouts.sql"),
     ),
 ];
 
@@ -417,6 +427,10 @@ fn classify(e: sqlx::Error) -> LedgerError {
     }
     LedgerError::Unavailable(e.to_string())
 }
+
+#[macro_use]
+mod payouts;
+pub use payouts::{PayoutDraft, PayoutLine, PayoutRecord, PayoutSkip, PayoutState, PAYOUTS_LIST_MAX};
 
 /// The ledger.
 #[derive(Debug)]
@@ -522,6 +536,16 @@ impl Ledger {
     /// posts or is refused on its own ([`Plan`]); the outer error is for the database or a halt, and
     /// then nothing at all was written.
     pub async fn post_batch(&self, txs: &[Transaction]) -> Result<BatchResults, LedgerError> {
+        self.post_batch_with(txs, payouts::Extra::None).await
+    }
+
+    /// [`Ledger::post_batch`] with a payout row written (or settled) in the same database
+    /// transaction when the batch's first transaction posts now.
+    async fn post_batch_with(
+        &self,
+        txs: &[Transaction],
+        extra: payouts::Extra<'_>,
+    ) -> Result<BatchResults, LedgerError> {
         self.check_halted()?;
         if txs.len() > BATCH_MAX {
             return Err(LedgerError::BatchTooLarge(txs.len()));
@@ -681,6 +705,9 @@ impl Ledger {
                         q = q.bind(*id);
                     }
                     q.execute(&mut *c).await.map_err(classify)?;
+                }
+                if let Some(&first) = tx_ids.get(&0) {
+                    write_extra!(c, numbered, &extra, first, now);
                 }
                 dbtx.commit().await.map_err(classify)?;
                 Ok((plan.results(&tx_ids), fresh))

@@ -10,7 +10,9 @@
 //!
 //! * `GET /api/v1/ledger/{owner}`: the owner's balances in msat (available, immature, …) and its
 //!   last 100 postings; `GET /api/v1/ledger/{owner}/blocks`: earnings per block (key `block:<hash>`,
-//!   matured or reversed). 503 while no ledger is connected.
+//!   matured or reversed); `GET /api/v1/ledger/{owner}/payouts`: on-chain payouts with txids, state
+//!   (in_flight, confirmed, abandoned), the amount debited and paid, and the last skip reason if
+//!   the owner could not be paid. 503 while no ledger is connected.
 //!
 //! Only GET; no request body is read. Pool figures come from memory; the ledger endpoints read the
 //! ledger (its own connection pool, bounded).
@@ -22,7 +24,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -43,6 +45,7 @@ pub(crate) async fn serve(
         .route("/api/client/{address}", get(public_pool_client))
         .route("/api/v1/ledger/{owner}", get(ledger_owner))
         .route("/api/v1/ledger/{owner}/blocks", get(ledger_blocks))
+        .route("/api/v1/ledger/{owner}/payouts", get(ledger_payouts))
         .with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { token.cancelled().await })
@@ -183,6 +186,42 @@ async fn ledger_blocks(State(s): State<Arc<Shared>>, Path(owner): Path<String>) 
         blocks.push(json!({"block": hash, "msat": c.msat, "state": state, "memo": c.memo, "posted_at_ms": c.posted_at_ms}));
     }
     Json(json!({"owner": owner, "blocks": blocks})).into_response()
+}
+
+async fn ledger_payouts(State(s): State<Arc<Shared>>, Path(owner): Path<String>) -> Response {
+    if let Some(r) = bad_address(&owner) {
+        return r;
+    }
+    let Some(l) = ledger_of(&s) else {
+        return no_ledger();
+    };
+    let list = match l.payouts_of(&owner, 1000).await {
+        Ok(v) => v,
+        Err(e) => return ledger_error(&e),
+    };
+    let skip = match l.payout_skips().await {
+        Ok(v) => v.into_iter().find(|k| k.owner == owner),
+        Err(e) => return ledger_error(&e),
+    };
+    let payouts: Vec<Value> = list
+        .iter()
+        .map(|(txid, state, height, line)| {
+            json!({
+                "txid": txid,
+                "state": state.as_str(),
+                "confirmed_height": height,
+                "address": line.address,
+                "debit_msat": line.debit_msat,
+                "paid_sat": line.paid_sat,
+            })
+        })
+        .collect();
+    Json(json!({
+        "owner": owner,
+        "payouts": payouts,
+        "skipped": skip.map(|k| json!({"reason": k.reason, "balance_msat": k.balance_msat, "at_ms": k.at_ms})),
+    }))
+    .into_response()
 }
 
 async fn public_pool_client(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Response {

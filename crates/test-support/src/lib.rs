@@ -1,6 +1,7 @@
 //! Helpers for integration tests: [`Miner`], a Stratum test miner over real loopback TCP that hashes
 //! for real with `mining-core` and speaks through the `stratum` crate's client half. It panics on any
 //! protocol surprise, which is what a test wants. (The production miner is `cloudmine mine`.)
+//! And [`fresh_databases`]: an empty ledger database per backend.
 
 use mining_core::{BatchHasher, ShareInput};
 use serde_json::{json, Value};
@@ -185,4 +186,43 @@ pub fn verdict(v: &Value) -> Result<(), String> {
         &v["error"],
         v.get("reject-reason").and_then(Value::as_str),
     )
+}
+
+static NEXT_DB: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A fresh, empty database per ledger backend: (backend name, URL, temp dir to keep alive). SQLite is
+/// a temp file; PostgreSQL a new database in the server `scripts/test.sh` starts
+/// (`CLOUDMINE_TEST_DATABASE_URL`). Without that variable PostgreSQL is skipped, loudly, unless
+/// `CLOUDMINE_REQUIRE_POSTGRES` is set, which makes it a failure.
+pub async fn fresh_databases() -> Vec<(&'static str, String, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
+    let mut out = vec![("sqlite", path, Some(dir))];
+    match std::env::var("CLOUDMINE_TEST_DATABASE_URL") {
+        Ok(admin) => {
+            let name = format!(
+                "ledger_{}_{}",
+                std::process::id(),
+                NEXT_DB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let pool = sqlx::PgPool::connect(&admin)
+                .await
+                .expect("PostgreSQL admin connection");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&pool)
+                .await
+                .expect("CREATE DATABASE");
+            pool.close().await;
+            let base = admin.rsplit_once('/').expect("URL with a database").0;
+            out.push(("postgres", format!("{base}/{name}"), None));
+        }
+        Err(_) => {
+            assert!(
+                std::env::var("CLOUDMINE_REQUIRE_POSTGRES").is_err(),
+                "CLOUDMINE_REQUIRE_POSTGRES is set but CLOUDMINE_TEST_DATABASE_URL is not"
+            );
+            eprintln!("PostgreSQL tests SKIPPED: set CLOUDMINE_TEST_DATABASE_URL or run scripts/test.sh");
+        }
+    }
+    out
 }

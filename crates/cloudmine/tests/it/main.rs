@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod mine;
+mod payouts;
 
 struct Node {
     child: Proc,
@@ -23,15 +24,30 @@ struct Node {
 /// the process (killed and reaped on drop) and the rest of that line's first word.
 #[allow(clippy::zombie_processes)] // the child is killed and waited for in Proc's Drop, on every path
 fn spawn(args: &[&str], dir: &std::path::Path, ready: &str) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
-        .args(args)
+    let (p, w, _) = spawn_env(args, dir, ready, &[]);
+    (p, w)
+}
+
+/// [`spawn`] with extra environment variables; also returns the lines printed before the ready line.
+#[allow(clippy::zombie_processes)] // the child is killed and waited for in Proc's Drop, on every path
+fn spawn_env(
+    args: &[&str],
+    dir: &std::path::Path,
+    ready: &str,
+    env: &[(&str, &str)],
+) -> (Proc, String, Vec<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudmine"));
+    cmd.args(args)
         .arg("--data-dir")
         .arg(dir)
         .env("CLOUDMINE_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut before = Vec::new();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -44,8 +60,9 @@ fn spawn(args: &[&str], dir: &std::path::Path, ready: &str) -> (Proc, String) {
             let word = rest.split_whitespace().next().unwrap().to_string();
             // keep draining stdout so the child never blocks on a full pipe
             std::thread::spawn(move || for _ in lines {});
-            return (Proc(child), word);
+            return (Proc(child), word, before);
         }
+        before.push(line);
     }
 }
 

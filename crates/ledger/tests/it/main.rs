@@ -5,41 +5,11 @@
 
 use ledger::{Account, Ledger, LedgerError, PlatformAccount, Posted, Posting, Transaction};
 use proptest::prelude::*;
-use std::sync::atomic::{AtomicU32, Ordering};
 use units::MilliSats;
 
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh, empty ledger database per backend: (backend name, URL, temp dir kept alive).
+/// A fresh, empty ledger database per backend.
 async fn fresh() -> Vec<(&'static str, String, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
-    let mut out = vec![("sqlite", path, Some(dir))];
-    match std::env::var("CLOUDMINE_TEST_DATABASE_URL") {
-        Ok(admin) => {
-            let name = format!(
-                "ledger_{}_{}",
-                std::process::id(),
-                NEXT_DB.fetch_add(1, Ordering::Relaxed)
-            );
-            let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-            let base = admin.rsplit_once('/').unwrap().0;
-            out.push(("postgres", format!("{base}/{name}"), None));
-        }
-        Err(_) => {
-            assert!(
-                std::env::var("CLOUDMINE_REQUIRE_POSTGRES").is_err(),
-                "CLOUDMINE_REQUIRE_POSTGRES is set but CLOUDMINE_TEST_DATABASE_URL is not"
-            );
-            eprintln!("PostgreSQL tests SKIPPED: set CLOUDMINE_TEST_DATABASE_URL or run scripts/test.sh");
-        }
-    }
-    out
+    test_support::fresh_databases().await
 }
 
 fn msat(n: u64) -> MilliSats {

@@ -1,0 +1,295 @@
+//! Pool mode end to end with real processes: `cloudmine serve` (PPLNS, 1 % fee, coinbases paying the
+//! pool wallet), two `cloudmine mine` workers on different addresses, blocks found and buried 100
+//! deep, balances paid on chain in one batched transaction, and the serve process killed (abort, like
+//! `kill -9`) between recording the payout and broadcasting it: after the restart the same
+//! transaction is broadcast and confirmed, and every payee is paid exactly once.
+
+use super::{spawn_env, Proc};
+use core_rpc::{Auth, RpcClient};
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ALICE: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+
+struct Served {
+    proc: Proc,
+    stratum: String,
+    http: String,
+    rpc: RpcClient,
+}
+
+fn serve(dir: &std::path::Path, failpoint: Option<&str>) -> Served {
+    let env: Vec<(&str, &str)> = failpoint
+        .map(|f| vec![("CLOUDMINE_FAILPOINT", f)])
+        .unwrap_or_default();
+    let (proc, stratum, before) = spawn_env(
+        &[
+            "serve",
+            "--stratum-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--status-interval",
+            "0",
+            "--start-difficulty",
+            "0.001",
+            "--min-difficulty",
+            "0.001",
+            "--payout-scheme",
+            "pool",
+            "--sharing",
+            "pplns",
+            "--pool-fee-ppm",
+            "10000",
+            "--dev-rpc-listen",
+            "127.0.0.1:0",
+            "--dev-rpc-auth",
+            "u:p",
+            "--payout-threshold-sat",
+            "1000",
+            "--payout-interval-s",
+            "1",
+            "--payout-confirmations",
+            "1",
+        ],
+        dir,
+        "cloudmine pool: stratum+tcp://",
+        &env,
+    );
+    let find = |prefix: &str| {
+        before
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no '{prefix}' line in {before:?}"))
+            .to_string()
+    };
+    let rpc_url = format!("{}/", find("dev chain JSON-RPC on "));
+    Served {
+        proc,
+        stratum,
+        http: find("HTTP API on http://"),
+        rpc: RpcClient::new(&rpc_url, Auth::UserPass("u".into(), "p".into()))
+            .unwrap()
+            .with_timeout(Duration::from_secs(30)),
+    }
+}
+
+fn miner(stratum: &str, user: &str) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .args(["mine", "-o", &format!("stratum+tcp://{stratum}"), "-u", user])
+        .args(["--quiet", "-t", "1"])
+        .env("CLOUDMINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+async fn http_get(addr: &str, path: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n").map_or("", |x| x.1);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Mines `n` blocks through RPC, each 120 s after the last by the node's mock clock (slower than the
+/// 30 s target, so whatever difficulty the miners drove the chain to decays back to the floor).
+async fn bury(rpc: &RpcClient, n: u32) {
+    let bury_to = payouts::Wallet::from_secret(&[9; 32])
+        .unwrap()
+        .address(bitcoin::Network::Regtest)
+        .to_string();
+    let info = rpc.call("getblockchaininfo", json!([])).await.unwrap();
+    let mut t = info["time"].as_u64().unwrap();
+    for _ in 0..n {
+        t += 120;
+        rpc.call("setmocktime", json!([t])).await.unwrap();
+        let v = rpc.call("generatetoaddress", json!([1, bury_to])).await.unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "block not generated: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pplns_pool_pays_two_miners_in_one_transaction_exactly_once_across_a_crash_mid_payout() {
+    let bob = payouts::Wallet::from_secret(&[2; 32])
+        .unwrap()
+        .address(bitcoin::Network::Regtest)
+        .to_string();
+    let bob = bob.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), Some("payout-recorded"));
+    // 1. Two miners until each has at least one block credit (immature).
+    let ma = miner(&s.stratum, &format!("{ALICE}.a"));
+    let mb = miner(&s.stratum, &format!("{bob}.b"));
+    let http = s.http.clone();
+    wait_for("both miners credited for a block", 120, || {
+        let http = http.clone();
+        async move {
+            let a = http_get(&http, &format!("/api/v1/ledger/{ALICE}/blocks")).await;
+            let b = http_get(&http, &format!("/api/v1/ledger/{bob}/blocks")).await;
+            a["blocks"].as_array().is_some_and(|v| !v.is_empty())
+                && b["blocks"].as_array().is_some_and(|v| !v.is_empty())
+        }
+    })
+    .await;
+    drop(ma);
+    drop(mb);
+    // 2. Bury them 100 deep: credits mature, the payout round records a payout and the process
+    //    aborts before broadcasting it.
+    bury(&s.rpc, 101).await;
+    let mut proc = s.proc;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = proc.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve never reached the payout failpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "serve aborted at the failpoint: {status:?}");
+    // The payout is in the ledger, in flight, and was never broadcast.
+    let ledger_path = dir.path().join("ledger.sqlite");
+    {
+        let l = ledger::Ledger::open(&ledger_path.to_string_lossy())
+            .await
+            .unwrap();
+        let p = l.payouts(None, 10).await.unwrap();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].state, ledger::PayoutState::InFlight);
+        let owners: Vec<&str> = p[0].lines.iter().map(|x| x.owner.as_str()).collect();
+        assert!(
+            owners.contains(&ALICE) && owners.contains(&bob),
+            "one batch pays both: {owners:?}"
+        );
+        l.close().await;
+    }
+    // 3. Restart without the failpoint: the recorded transaction is broadcast and confirmed.
+    let s = serve(dir.path(), None);
+    tokio::time::sleep(Duration::from_secs(3)).await; // one settle pass re-broadcasts it
+    bury(&s.rpc, 1).await;
+    let http = s.http.clone();
+    wait_for("the payout confirmed", 60, || {
+        let http = http.clone();
+        async move {
+            let a = http_get(&http, &format!("/api/v1/ledger/{ALICE}/payouts")).await;
+            a["payouts"][0]["state"] == "confirmed"
+        }
+    })
+    .await;
+    // A few more payout rounds: nothing else is paid (balances are below the threshold now).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a = http_get(&s.http, &format!("/api/v1/ledger/{ALICE}/payouts")).await;
+    let b = http_get(&s.http, &format!("/api/v1/ledger/{bob}/payouts")).await;
+    assert_eq!(a["payouts"].as_array().unwrap().len(), 1, "{a}");
+    assert_eq!(b["payouts"].as_array().unwrap().len(), 1, "{b}");
+    let txid = a["payouts"][0]["txid"].as_str().unwrap().to_string();
+    assert_eq!(b["payouts"][0]["txid"], txid, "one batched transaction");
+    drop(s);
+    // 4. The chain and the books, read from the files the processes left.
+    let chain = devchain::DevChain::open(dir.path(), 30).unwrap();
+    let (wallet, created) = payouts::keyfile::load_or_create(&dir.path().join("wallet.key")).unwrap();
+    assert!(!created);
+    let spk = |a: &str| {
+        a.parse::<bitcoin::Address<_>>()
+            .unwrap()
+            .assume_checked()
+            .script_pubkey()
+    };
+    let (sa, sb) = (spk(ALICE), spk(bob));
+    let mut paying = Vec::new();
+    let mut pool_coinbases = 0;
+    for h in 1..=chain.height() {
+        let b = &chain.at_height(h).unwrap().block;
+        if b.txdata[0]
+            .output
+            .iter()
+            .any(|o| o.script_pubkey == *wallet.script())
+        {
+            pool_coinbases += 1;
+        }
+        for tx in b.txdata.iter().skip(1) {
+            let outs: Vec<(bool, bool, u64)> = tx
+                .output
+                .iter()
+                .map(|o| (o.script_pubkey == sa, o.script_pubkey == sb, o.value.to_sat()))
+                .collect();
+            if outs.iter().any(|(a, b, _)| *a || *b) {
+                paying.push((tx.compute_txid().to_string(), outs));
+            }
+        }
+    }
+    assert_eq!(
+        paying.len(),
+        1,
+        "exactly one transaction pays the miners: {paying:?}"
+    );
+    assert_eq!(paying[0].0, txid);
+    assert!(pool_coinbases >= 2, "the pool's blocks pay the pool wallet");
+    let l = ledger::Ledger::open(&ledger_path.to_string_lossy())
+        .await
+        .unwrap();
+    assert!(l.verify().await.unwrap().problems.is_empty());
+    let bal = |a: ledger::Account| {
+        let l = &l;
+        async move { l.balance(&a).await.unwrap() }
+    };
+    use ledger::{Account, PlatformAccount};
+    let mined = -bal(Account::Platform(PlatformAccount::Mined)).await;
+    let fees = bal(Account::Platform(PlatformAccount::Fees)).await;
+    let paid = bal(Account::Platform(PlatformAccount::PaidOut)).await;
+    let mut users = 0;
+    for who in [ALICE, bob] {
+        users += bal(Account::available(who)).await + bal(Account::immature(who)).await;
+        assert!(
+            bal(Account::available(who)).await < 1_000_000,
+            "{who}: paid down below the threshold"
+        );
+    }
+    assert_eq!(bal(Account::Platform(PlatformAccount::PayoutsInFlight)).await, 0);
+    assert_eq!(
+        paid + users + fees,
+        mined,
+        "paid + balances + fees = mined, to the msat"
+    );
+    let p = &l.payouts(None, 10).await.unwrap()[0];
+    for line in &p.lines {
+        let want = if line.owner == ALICE { &sa } else { &sb };
+        let on_chain: u64 = paying[0]
+            .1
+            .iter()
+            .filter(|(a, b, _)| if want == &sa { *a } else { *b })
+            .map(|x| x.2)
+            .sum();
+        assert_eq!(on_chain as i64, line.paid_sat);
+        assert_eq!(
+            line.debit_msat,
+            (line.paid_sat + p.fee_sat / p.lines.len() as i64) * 1000
+        );
+    }
+    eprintln!(
+        "pool paid {} msat to {} payees in {txid} (fee {} sat) after a crash between record and broadcast; mined {mined}, fees {fees}, balances {users}",
+        paid,
+        p.lines.len(),
+        p.fee_sat
+    );
+}

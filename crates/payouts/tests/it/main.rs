@@ -1,0 +1,306 @@
+//! Payouts end to end in process: a real dev chain (signatures checked, blocks mined and stored), a real
+//! ledger on SQLite and PostgreSQL, the engine paying matured balances in one signed transaction.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use bitcoin::{Address, Network, ScriptBuf};
+use chain::{Backend, DevNode, TxStatus};
+use ledger::{Account, Ledger, PayoutState, PlatformAccount, Posting, Transaction};
+use payouts::{Engine, PayoutConfig, Round, Wallet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use units::MilliSats;
+
+fn wallet() -> Wallet {
+    Wallet::from_secret(&[7u8; 32]).unwrap()
+}
+
+fn addr(i: u8) -> String {
+    let key = Wallet::from_secret(&[i; 32]).unwrap();
+    key.address(Network::Regtest).to_string()
+}
+
+fn open_node(dir: &Path) -> DevNode {
+    DevNode::new(devchain::DevChain::open(dir, 30).unwrap())
+}
+
+/// Mines `n` blocks paying `script` (30 s apart, so the dev chain's difficulty stays at its floor),
+/// with whatever the mempool holds.
+async fn mine(node: &DevNode, script: &ScriptBuf, n: u32) {
+    let node = node.clone();
+    let script = script.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = node.lock();
+        for _ in 0..n {
+            let now = c
+                .tip()
+                .block
+                .header
+                .time
+                .max(chain::dev::now().saturating_sub(7_000))
+                + 30;
+            let b = c.generate_block(&script, now, 10_000_000).unwrap();
+            c.submit_block(b, now).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn cfg(threshold_sat: u64, feerate: u64) -> PayoutConfig {
+    PayoutConfig {
+        network: Network::Regtest,
+        threshold_sat,
+        feerate_sat_per_vb: feerate,
+        confirmations: 1,
+        interval: Duration::from_secs(1),
+    }
+}
+
+async fn credit(l: &Ledger, key: &str, owner: &str, msat: u64) {
+    let tx = Transaction::new(
+        key,
+        "test credit",
+        vec![
+            Posting::debit(
+                Account::Platform(PlatformAccount::Mined),
+                MilliSats::new(msat).unwrap(),
+            )
+            .unwrap(),
+            Posting::credit(Account::available(owner), MilliSats::new(msat).unwrap()).unwrap(),
+        ],
+    )
+    .unwrap();
+    l.post(&tx).await.unwrap();
+}
+
+/// Outputs of confirmed transactions (not coinbases) paying `address`, in the node's active chain.
+fn paid_on_chain(node: &DevNode, address: &str) -> Vec<u64> {
+    let spk = address
+        .parse::<Address<_>>()
+        .unwrap()
+        .assume_checked()
+        .script_pubkey();
+    let c = node.lock();
+    let mut out = Vec::new();
+    for h in 0..=c.height() {
+        for tx in c.at_height(h).unwrap().block.txdata.iter().skip(1) {
+            for o in &tx.output {
+                if o.script_pubkey == spk {
+                    out.push(o.value.to_sat());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matured_balances_are_paid_in_one_signed_batch_and_settled_on_confirmation() {
+    for (backend, url, _keep) in test_support::fresh_databases().await {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        let w = wallet();
+        let wscript = w.script().clone();
+        // 101 blocks to the pool wallet: the first coinbase (50 BTC) is spendable in block 102.
+        mine(&node, &wscript, 101).await;
+        let l = Arc::new(Ledger::open(&url).await.unwrap());
+        let (alice, bob, erin, dave) = (addr(1), addr(2), addr(3), addr(4));
+        credit(&l, "c1", &alice, 123_456_789_789).await; // 1.23456789 BTC + 789 msat
+        credit(&l, "c2", &bob, 50_000_000_000).await; // 0.5 BTC
+        credit(&l, "c3", &erin, 20_000_000).await; // 20,000 sat
+        credit(&l, "c4", &dave, 600_000).await; // 600 sat: dust after the fee share
+        credit(&l, "c5", "not-an-address", 5_000_000_000).await;
+        credit(&l, "c6", &addr(5), 400_000).await; // below the threshold: untouched
+        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), w, cfg(500, 10));
+        let r = engine.pay().await.unwrap();
+        let Round::Paid {
+            txid,
+            payees,
+            refused,
+        } = r
+        else {
+            panic!("{backend}: expected a payout, got {r:?}")
+        };
+        assert_eq!(payees, 3, "{backend}: alice, bob, erin");
+        assert_eq!(refused, None);
+        // Recorded before broadcast, in flight now; a second round waits for it.
+        assert_eq!(engine.pay().await.unwrap(), Round::Busy);
+        let inflight = Account::Platform(PlatformAccount::PayoutsInFlight);
+        let debits = 123_456_789_000 + 50_000_000_000 + 20_000_000;
+        assert_eq!(l.balance(&inflight).await.unwrap(), debits);
+        assert_eq!(
+            l.balance(&Account::available(&alice)).await.unwrap(),
+            789,
+            "the msat remainder stays"
+        );
+        assert_eq!(l.balance(&Account::available(&bob)).await.unwrap(), 0);
+        assert_eq!(l.balance(&Account::available(&dave)).await.unwrap(), 600_000);
+        let skips = l.payout_skips().await.unwrap();
+        let reason = |o: &str| skips.iter().find(|s| s.owner == o).map(|s| s.reason.clone());
+        assert!(
+            reason("not-an-address").unwrap().contains("not an address"),
+            "{skips:?}"
+        );
+        assert!(reason(&dave).unwrap().contains("dust"), "{skips:?}");
+        assert_eq!(reason(&alice), None);
+        let tx_id: bitcoin::Txid = txid.parse().unwrap();
+        assert_eq!(node.lock().mempool().len(), 1);
+        assert_eq!(
+            Backend::Dev(node.clone()).tx_status(&tx_id).await.unwrap(),
+            TxStatus::Mempool
+        );
+        assert_eq!(engine.settle().await.unwrap().in_flight, 1);
+        // One block confirms it.
+        mine(&node, &wscript, 1).await;
+        let s = engine.settle().await.unwrap();
+        assert_eq!(s.confirmed, vec![txid.clone()], "{backend}");
+        assert_eq!(l.balance(&inflight).await.unwrap(), 0);
+        assert_eq!(
+            l.balance(&Account::Platform(PlatformAccount::PaidOut))
+                .await
+                .unwrap(),
+            debits
+        );
+        // On chain: each payee got their whole sats minus an equal fee share; the fee is what the
+        // transaction leaves to the miner; nothing is lost.
+        let rec = l.payouts(Some(PayoutState::Confirmed), 10).await.unwrap();
+        assert_eq!(rec.len(), 1);
+        let rec = &rec[0];
+        assert_eq!(rec.txid, txid);
+        assert_eq!(rec.confirmed_height, Some(i64::from(node.lock().height())));
+        let share = rec.fee_sat / 3;
+        assert_eq!(share * 3, rec.fee_sat);
+        assert_eq!(paid_on_chain(&node, &alice), vec![123_456_789 - share as u64]);
+        assert_eq!(paid_on_chain(&node, &bob), vec![50_000_000 - share as u64]);
+        assert_eq!(paid_on_chain(&node, &erin), vec![20_000 - share as u64]);
+        assert!(paid_on_chain(&node, &dave).is_empty());
+        let tx: bitcoin::Transaction = bitcoin::consensus::deserialize(&rec.raw_tx).unwrap();
+        let vsize = tx.weight().to_wu().div_ceil(4);
+        assert!(
+            rec.fee_sat as u64 >= vsize * 10,
+            "feerate met: {} sat for {vsize} vB",
+            rec.fee_sat
+        );
+        assert!((rec.fee_sat as u64) < vsize * 10 + 3, "at most n-1 sat above it");
+        let input = 5_000_000_000u64; // one 50 BTC coinbase
+        let out: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        assert_eq!(input - out, rec.fee_sat as u64);
+        assert_eq!(
+            rec.lines.iter().map(|x| x.debit_msat).sum::<i64>(),
+            rec.lines.iter().map(|x| x.paid_sat * 1000).sum::<i64>() + rec.fee_sat * 1000
+        );
+        // The payees' API view.
+        let mine_ = l.payouts_of(&alice, 10).await.unwrap();
+        assert_eq!(mine_.len(), 1);
+        assert_eq!(mine_[0].0, txid);
+        assert_eq!(mine_[0].1, PayoutState::Confirmed);
+        // Nothing more to pay: the rest is below the threshold or unpayable.
+        assert_eq!(engine.pay().await.unwrap(), Round::Nothing);
+        assert!(l.verify().await.unwrap().problems.is_empty());
+        l.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_the_node_lost_is_broadcast_again_from_its_bytes_and_paid_exactly_once() {
+    for (backend, url, _keep) in test_support::fresh_databases().await {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        let wscript = wallet().script().clone();
+        mine(&node, &wscript, 101).await;
+        let l = Arc::new(Ledger::open(&url).await.unwrap());
+        let alice = addr(1);
+        credit(&l, "c1", &alice, 10_000_000_000).await;
+        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
+        let Round::Paid { txid, .. } = engine.pay().await.unwrap() else {
+            panic!("{backend}: no payout")
+        };
+        // The node restarts: its mempool (memory only) is gone, as after a crash before broadcast.
+        drop(engine);
+        drop(node);
+        let node = open_node(dir.path());
+        assert_eq!(node.lock().mempool().len(), 0);
+        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
+        let s = engine.settle().await.unwrap();
+        assert_eq!(s.rebroadcast, vec![txid.clone()], "{backend}");
+        assert!(node.lock().mempool().contains(&txid.parse().unwrap()));
+        mine(&node, &wscript, 1).await;
+        assert_eq!(engine.settle().await.unwrap().confirmed, vec![txid.clone()]);
+        assert_eq!(engine.pay().await.unwrap(), Round::Nothing);
+        let paid = paid_on_chain(&node, &alice);
+        assert_eq!(paid.len(), 1, "{backend}: exactly one payment: {paid:?}");
+        assert_eq!(l.payouts(None, 10).await.unwrap().len(), 1);
+        assert!(l.verify().await.unwrap().problems.is_empty());
+        l.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_whose_inputs_were_spent_elsewhere_is_reversed_and_paid_again_later() {
+    for (backend, url, _keep) in test_support::fresh_databases().await {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        let w = wallet();
+        let wscript = w.script().clone();
+        mine(&node, &wscript, 101).await;
+        let l = Arc::new(Ledger::open(&url).await.unwrap());
+        let alice = addr(1);
+        credit(&l, "c1", &alice, 10_000_000_000).await;
+        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
+        let Round::Paid { txid, .. } = engine.pay().await.unwrap() else {
+            panic!("{backend}: no payout")
+        };
+        // The node forgets it, and the same coin is spent by another transaction of the wallet
+        // (an operator's manual spend) that confirms.
+        drop(engine);
+        drop(node);
+        let node = open_node(dir.path());
+        let coins = Backend::Dev(node.clone())
+            .spendable_coins(&wscript)
+            .await
+            .unwrap();
+        let other = payouts::build_payout(
+            &w,
+            &coins[..1],
+            &[payouts::PayTo {
+                script: Wallet::from_secret(&[9; 32]).unwrap().script().clone(),
+                debit_sat: 1_000_000,
+            }],
+            2,
+        )
+        .unwrap();
+        Backend::Dev(node.clone())
+            .broadcast(&other.tx)
+            .await
+            .unwrap()
+            .unwrap();
+        mine(&node, &wscript, 1).await;
+        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
+        let s = engine.settle().await.unwrap();
+        assert_eq!(s.abandoned.len(), 1, "{backend}: {s:?}");
+        assert_eq!(s.abandoned[0].0, txid);
+        assert!(s.abandoned[0].1.contains("missingorspent"), "{s:?}");
+        assert_eq!(
+            l.balance(&Account::available(&alice)).await.unwrap(),
+            10_000_000_000,
+            "the debit is reversed"
+        );
+        // The next round pays from another coin, once.
+        let Round::Paid { txid: again, .. } = engine.pay().await.unwrap() else {
+            panic!("no second payout")
+        };
+        assert_ne!(again, txid);
+        mine(&node, &wscript, 1).await;
+        assert_eq!(engine.settle().await.unwrap().confirmed, vec![again]);
+        assert_eq!(paid_on_chain(&node, &alice).len(), 1);
+        let all = l.payouts(None, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|p| p.state).collect::<Vec<_>>(),
+            vec![PayoutState::Confirmed, PayoutState::Abandoned]
+        );
+        assert!(l.verify().await.unwrap().problems.is_empty());
+        l.close().await;
+    }
+}
