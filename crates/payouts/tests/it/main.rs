@@ -304,3 +304,281 @@ async fn a_payout_whose_inputs_were_spent_elsewhere_is_reversed_and_paid_again_l
         l.close().await;
     }
 }
+
+/// One step of the random history.
+#[derive(Debug, Clone)]
+enum Op {
+    /// The pool finds a block (coinbase to the wallet) and credits it 1 % fee, the rest by weight.
+    Block(Vec<(u8, u32)>),
+    /// The tip is invalidated (if it is a credited block, its credit must be reversed).
+    Orphan,
+    /// `n` blocks by someone else; then every credited block is settled (matured or reversed).
+    Bury(u32),
+    /// A payout round.
+    Pay,
+    /// A settle pass over payouts in flight.
+    Settle,
+    /// The process dies: the node's mempool and the engine are gone; the files stay.
+    Crash,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => proptest::collection::vec((0u8..5, 1u32..100), 1..4).prop_map(Op::Block),
+        1 => Just(Op::Orphan),
+        2 => (1u32..70).prop_map(Op::Bury),
+        2 => Just(Op::Pay),
+        2 => Just(Op::Settle),
+        1 => Just(Op::Crash),
+    ]
+}
+
+/// Owner `i`: four addresses and one ledger owner that is not an address (never payable).
+fn owner(i: u8) -> String {
+    if i == 0 {
+        "account-without-address".into()
+    } else {
+        addr(i)
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    node: DevNode,
+    engine: Engine,
+    l: Arc<Ledger>,
+    clock: u32,
+    credited: Vec<String>,
+}
+
+impl World {
+    async fn mine_to(&mut self, script: &ScriptBuf) -> bitcoin::Block {
+        self.clock += 30;
+        let (node, script, now) = (self.node.clone(), script.clone(), self.clock);
+        tokio::task::spawn_blocking(move || {
+            let mut c = node.lock();
+            let b = c.generate_block(&script, now, 10_000_000).unwrap();
+            c.submit_block(b.clone(), now).unwrap();
+            b
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn settle_blocks(&self) {
+        let backend = Backend::Dev(self.node.clone());
+        for h in &self.credited {
+            pool::accounting::settle_block(&self.l, &backend, h)
+                .await
+                .unwrap();
+        }
+    }
+
+    fn engine(node: &DevNode, l: &Arc<Ledger>) -> Engine {
+        Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 3))
+    }
+
+    async fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Block(parts) => {
+                let b = self.mine_to(&wallet().script().clone()).await;
+                let hash = b.block_hash().to_string();
+                let r = b.txdata[0].output.iter().map(|o| o.value.to_sat()).sum::<u64>() * 1000;
+                let (fee, rest) = ledger::schemes::fee_split(MilliSats::new(r).unwrap(), 10_000).unwrap();
+                let mut by: std::collections::BTreeMap<String, u128> = Default::default();
+                for (i, w) in parts {
+                    *by.entry(owner(*i)).or_default() += u128::from(*w);
+                }
+                let names: Vec<&String> = by.keys().collect();
+                let weights: Vec<u128> = by.values().copied().collect();
+                let split =
+                    ledger::schemes::split_by_weight(&weights, weights.iter().sum(), rest.to_msat()).unwrap();
+                let mut postings = vec![
+                    Posting::debit(
+                        Account::Platform(PlatformAccount::Mined),
+                        MilliSats::new(r).unwrap(),
+                    )
+                    .unwrap(),
+                    Posting::credit(Account::Platform(PlatformAccount::Fees), fee).unwrap(),
+                ];
+                for (i, a) in split {
+                    postings.push(
+                        Posting::credit(Account::immature(names[i as usize]), MilliSats::new(a).unwrap())
+                            .unwrap(),
+                    );
+                }
+                let tx = Transaction::new(&format!("block:{hash}"), "random block", postings).unwrap();
+                self.l.post(&tx).await.unwrap();
+                self.credited.push(hash);
+            }
+            Op::Orphan => {
+                let node = self.node.clone();
+                let clock = self.clock;
+                tokio::task::spawn_blocking(move || {
+                    let mut c = node.lock();
+                    let tip = c.tip().hash;
+                    if c.height() > 1 {
+                        c.invalidate_block(&tip, clock).unwrap();
+                    }
+                })
+                .await
+                .unwrap();
+                self.settle_blocks().await;
+            }
+            Op::Bury(n) => {
+                let other = Wallet::from_secret(&[99; 32]).unwrap().script().clone();
+                for _ in 0..*n {
+                    self.mine_to(&other).await;
+                }
+                self.settle_blocks().await;
+            }
+            Op::Pay => {
+                self.engine.pay().await.unwrap();
+            }
+            Op::Settle => {
+                self.engine.settle().await.unwrap();
+            }
+            Op::Crash => {
+                let node = open_node(self.dir.path());
+                self.engine = World::engine(&node, &self.l);
+                self.node = node;
+            }
+        }
+    }
+
+    /// The books: balanced, verified, and paid + balances + fees = mined, to the msat.
+    async fn check_books(&self) -> i64 {
+        let l = &self.l;
+        let v = l.verify().await.unwrap();
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let b = |a: Account| async move { l.balance(&a).await.unwrap() };
+        let mut users = 0;
+        for i in 0..5 {
+            users += b(Account::available(&owner(i))).await + b(Account::immature(&owner(i))).await;
+        }
+        let p = |x| Account::Platform(x);
+        let mined = -b(p(PlatformAccount::Mined)).await;
+        let fees = b(p(PlatformAccount::Fees)).await;
+        let inflight = b(p(PlatformAccount::PayoutsInFlight)).await;
+        let paid = b(p(PlatformAccount::PaidOut)).await;
+        assert_eq!(
+            users + fees + inflight + paid,
+            mined,
+            "paid + balances + fees = mined"
+        );
+        paid
+    }
+}
+
+/// Random histories of blocks, orphans, burials, payout rounds, settle passes and crashes: after
+/// every step the ledger verifies and paid + balances + fees = mined; at the end every payee has
+/// received on chain exactly what the confirmed payouts say, once.
+#[test]
+fn random_histories_of_blocks_orphans_payouts_and_crashes_keep_the_books_and_pay_once() {
+    use proptest::strategy::Strategy as _;
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for backend in ["sqlite", "postgres"] {
+        let cases = if backend == "sqlite" { 24 } else { 6 };
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let strategy = proptest::collection::vec(op(), 10..40).prop_map(|mut v| {
+            // Always long enough for something to mature and be paid.
+            v.insert(v.len() / 2, Op::Bury(101));
+            v.push(Op::Pay);
+            v
+        });
+        let stats = std::sync::Mutex::new((0usize, 0usize, 0usize, 0usize));
+        let result = runner.run(&strategy, |ops| {
+            rt.block_on(async {
+                let Some((_, url, _keep)) = test_support::fresh_databases()
+                    .await
+                    .into_iter()
+                    .find(|(b, _, _)| *b == backend)
+                else {
+                    return; // PostgreSQL not configured (fresh_databases says so loudly)
+                };
+                let dir = tempfile::tempdir().unwrap();
+                let node = open_node(dir.path());
+                let l = Arc::new(Ledger::open(&url).await.unwrap());
+                let mut w = World {
+                    engine: World::engine(&node, &l),
+                    node,
+                    dir,
+                    l: l.clone(),
+                    clock: chain::dev::now(),
+                    credited: Vec::new(),
+                };
+                for op in &ops {
+                    w.apply(op).await;
+                    w.check_books().await;
+                }
+                // Drain: confirm whatever is in flight.
+                for _ in 0..3 {
+                    w.engine.settle().await.unwrap();
+                    let other = Wallet::from_secret(&[99; 32]).unwrap().script().clone();
+                    w.mine_to(&other).await;
+                }
+                w.engine.settle().await.unwrap();
+                let paid = w.check_books().await;
+                let all = l.payouts(None, 1000).await.unwrap();
+                let mut want: std::collections::BTreeMap<String, i64> = Default::default();
+                let mut paid_confirmed = 0i64;
+                for p in &all {
+                    if p.state == PayoutState::Confirmed {
+                        for line in &p.lines {
+                            *want.entry(line.address.clone()).or_default() += line.paid_sat;
+                            paid_confirmed += line.debit_msat;
+                        }
+                        let txid: bitcoin::Txid = p.txid.parse().unwrap();
+                        assert!(
+                            w.node.lock().find_tx(&txid).is_some(),
+                            "confirmed payout {} not in the chain",
+                            p.txid
+                        );
+                    }
+                }
+                assert_eq!(paid, paid_confirmed, "paid-out = confirmed payouts' debits");
+                for i in 1..5 {
+                    let a = addr(i);
+                    let got: u64 = paid_on_chain(&w.node, &a).iter().sum();
+                    assert_eq!(
+                        got as i64,
+                        want.get(&a).copied().unwrap_or(0),
+                        "{a}: paid on chain once"
+                    );
+                }
+                let mut orphaned = 0;
+                for h in &w.credited {
+                    if l.find_key(&format!("orphan:{h}")).await.unwrap().is_some() {
+                        orphaned += 1;
+                    }
+                }
+                let crashes = ops.iter().filter(|o| matches!(o, Op::Crash)).count();
+                {
+                    let mut s = stats.lock().unwrap();
+                    s.0 += 1;
+                    s.2 += orphaned;
+                    s.3 += crashes;
+                    s.1 += all.iter().filter(|p| p.state == PayoutState::Confirmed).count();
+                }
+                l.close().await;
+            });
+            Ok(())
+        });
+        result.unwrap();
+        let s = stats.lock().unwrap();
+        eprintln!(
+            "{backend}: {} random histories, {} payouts confirmed, {} credited blocks orphaned and reversed, {} crashes",
+            s.0, s.1, s.2, s.3
+        );
+    }
+}
