@@ -44,6 +44,12 @@ pub enum LedgerCmd {
     },
     /// Recompute every balance from the entries and check every invariant (exit status 1 on a problem).
     Verify,
+    /// On-chain payouts, newest first: txid, state, fee, payees; and owners skipped with the reason.
+    Payouts {
+        /// Payouts at most (up to 1,000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 /// The ledger's location for a data directory and optional database URL.
@@ -109,6 +115,58 @@ pub async fn run(a: LedgerArgs) -> anyhow::Result<()> {
                     println!("  #{:<8} {:>20} msat  {}  {}", h.tx_id, h.msat, h.key, h.memo);
                 }
             }
+        }
+        LedgerCmd::Payouts { limit } => {
+            let list = l.payouts(None, limit).await?;
+            let skips = l.payout_skips().await?;
+            if a.json {
+                let v: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "txid": p.txid, "key": p.key, "state": p.state.as_str(), "fee_sat": p.fee_sat,
+                            "created_ms": p.created_ms, "confirmed_height": p.confirmed_height, "note": p.note,
+                            "payees": p.lines.iter().map(|x| serde_json::json!({"owner": x.owner, "address": x.address, "debit_msat": x.debit_msat, "paid_sat": x.paid_sat})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                let k: Vec<serde_json::Value> = skips
+                    .iter()
+                    .map(|x| serde_json::json!({"owner": x.owner, "reason": x.reason, "balance_msat": x.balance_msat, "at_ms": x.at_ms}))
+                    .collect();
+                println!("{}", serde_json::json!({"payouts": v, "skipped": k}));
+            } else {
+                for p in &list {
+                    println!(
+                        "{} {} fee {} sat, {} payees{}{}",
+                        p.txid,
+                        p.state.as_str(),
+                        p.fee_sat,
+                        p.lines.len(),
+                        p.confirmed_height
+                            .map(|h| format!(", height {h}"))
+                            .unwrap_or_default(),
+                        if p.note.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", p.note)
+                        }
+                    );
+                    for x in &p.lines {
+                        println!(
+                            "  {} {} sat (debited {} msat)",
+                            x.address, x.paid_sat, x.debit_msat
+                        );
+                    }
+                }
+                for x in &skips {
+                    println!(
+                        "skipped {}: {} (balance {} msat)",
+                        x.owner, x.reason, x.balance_msat
+                    );
+                }
+            }
+            l.close().await;
         }
         LedgerCmd::Verify => {
             let v = l.verify().await?;

@@ -245,6 +245,18 @@ async fn pplns_pool_pays_two_miners_in_one_transaction_exactly_once_across_a_cra
     );
     assert_eq!(paying[0].0, txid);
     assert!(pool_coinbases >= 2, "the pool's blocks pay the pool wallet");
+    // The CLI shows the same payout.
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .args(["ledger", "--data-dir"])
+        .arg(dir.path())
+        .args(["--json", "payouts"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["payouts"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["payouts"][0]["txid"], txid);
+    assert_eq!(v["payouts"][0]["state"], "confirmed");
     let l = ledger::Ledger::open(&ledger_path.to_string_lossy())
         .await
         .unwrap();
