@@ -557,3 +557,92 @@ async fn core_backend_follows_zmq_hashblock() {
     }
     publisher.abort();
 }
+
+/// The wallet calls payouts make of a Core node (pool key, `scantxoutset` / `sendrawtransaction` /
+/// `getrawtransaction`), against responses in Core's documented shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_backend_wallet_calls_read_cores_shapes() {
+    let spk = payout();
+    let tip = "000000000000000000010538edbfd2d5b809a33dd83f284aeea41c6d0d96968a";
+    let txid = |b: u8| bitcoin::Txid::from_byte_array([b; 32]).to_string();
+    let unspent = |b: u8, amount: Value, coinbase: bool, height: u64| {
+        json!({"txid": txid(b), "vout": 1, "scriptPubKey": spk.as_bytes().to_lower_hex_string(),
+               "desc": "raw(…)#x", "amount": amount, "coinbase": coinbase, "height": height,
+               "blockhash": tip, "confirmations": 900_001 - height})
+    };
+    let mut calls = recorded(Ok(json!({})), mainnet_info(false, 900000, 900000));
+    let m = &mut Arc::get_mut(&mut calls).unwrap().0;
+    m.insert(
+        "scantxoutset",
+        Ok(
+            json!({"success": true, "txouts": 123, "height": 900000, "bestblock": tip,
+                  "unspents": [
+                      unspent(1, json!(0.00012345), false, 899_000),
+                      unspent(2, json!(3.125), true, 899_950),   // coinbase 51 deep: immature
+                      unspent(3, json!(3.12500001), true, 899_000),
+                  ],
+                  "total_amount": 6.25012346}),
+        ),
+    );
+    m.insert(
+        "sendrawtransaction",
+        Err(RpcError::new(-25, "bad-txns-inputs-missingorspent")),
+    );
+    m.insert(
+        "getrawtransaction",
+        Ok(json!({"txid": txid(7), "confirmations": 3, "blockhash": tip})),
+    );
+    let s = serve(calls).await;
+    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&s), auth(), "main"))
+        .await
+        .unwrap();
+    let coins = b.spendable_coins(&spk).await.unwrap();
+    let got: Vec<(String, u64, u32)> = coins
+        .iter()
+        .map(|c| (c.outpoint.txid.to_string(), c.txout.value.to_sat(), c.height))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(txid(1), 12_345, 899_000), (txid(3), 312_500_001, 899_000)],
+        "exact amounts; the immature coinbase left out"
+    );
+    let tx = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![],
+        output: vec![],
+    };
+    let refused = b.broadcast(&tx).await.unwrap().unwrap_err();
+    assert!(refused.contains("missingorspent"), "{refused}");
+    let st = b.tx_status(&txid(7).parse().unwrap()).await.unwrap();
+    assert_eq!(
+        st,
+        chain::TxStatus::Confirmed {
+            confirmations: 3,
+            height: 900_000
+        }
+    );
+    // "Already known" is success; unknown transaction is -5.
+    let mut calls = recorded(Ok(json!({})), mainnet_info(false, 900000, 900000));
+    let m = &mut Arc::get_mut(&mut calls).unwrap().0;
+    m.insert(
+        "sendrawtransaction",
+        Err(RpcError::new(-27, "Transaction already in block chain")),
+    );
+    m.insert(
+        "getrawtransaction",
+        Err(RpcError::new(
+            -5,
+            "No such mempool or blockchain transaction. Use gettransaction for wallet transactions.",
+        )),
+    );
+    let s = serve(calls).await;
+    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&s), auth(), "main"))
+        .await
+        .unwrap();
+    assert_eq!(b.broadcast(&tx).await.unwrap(), Ok(tx.compute_txid()));
+    assert_eq!(
+        b.tx_status(&tx.compute_txid()).await.unwrap(),
+        chain::TxStatus::Unknown
+    );
+}
