@@ -70,8 +70,8 @@ pub enum TxStatus {
     Unknown,
 }
 
-/// The confirmations after which a coinbase output may be spent (consensus).
-pub const COINBASE_MATURITY: u32 = 100;
+/// The confirmations after which a coinbase output may be spent (consensus; the dev chain's rule).
+pub use devchain::params::COINBASE_MATURITY;
 
 /// A chain backend.
 #[derive(Clone, Debug)]

@@ -228,13 +228,7 @@ impl Engine {
 
     /// One payout round (see the module docs).
     pub async fn pay(&self) -> Result<Round, String> {
-        if !self
-            .ledger
-            .payouts(Some(PayoutState::InFlight), 1)
-            .await
-            .map_err(e2s)?
-            .is_empty()
-        {
+        if self.ledger.payout_in_flight().await.map_err(e2s)? {
             return Ok(Round::Busy);
         }
         let threshold_msat = i64::try_from(self.cfg.threshold_sat.saturating_mul(1000)).map_err(e2s)?;

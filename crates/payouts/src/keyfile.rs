@@ -3,6 +3,7 @@
 //! key a coinbase was paid to is never lost to a crash. Back this file up: it holds the pool's coins.
 
 use crate::wallet::Wallet;
+use bitcoin::hex::{DisplayHex as _, FromHex as _};
 use std::io::Write as _;
 use std::path::Path;
 
@@ -35,19 +36,8 @@ fn parse(path: &Path, text: &str) -> Result<Wallet, KeyFileError> {
         path: path.display().to_string(),
         why,
     };
-    let hex = text.trim();
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid(
-            "expected 64 hex characters (a 32-byte secret key)".into(),
-        ));
-    }
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        let pair = hex
-            .get(2 * i..2 * i + 2)
-            .ok_or_else(|| invalid("short key".into()))?;
-        *b = u8::from_str_radix(pair, 16).map_err(|e| invalid(e.to_string()))?;
-    }
+    let bytes = <[u8; 32]>::from_hex(text.trim())
+        .map_err(|e| invalid(format!("expected 64 hex characters (a 32-byte secret key): {e}")))?;
     Wallet::from_secret(&bytes).map_err(|e| invalid(e.to_string()))
 }
 
@@ -69,7 +59,7 @@ pub fn load_or_create(path: &Path) -> Result<(Wallet, bool), KeyFileError> {
             break w;
         }
     };
-    let hex: String = wallet.secret_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = wallet.secret_bytes().to_lower_hex_string();
     let tmp = path.with_extension("key.tmp");
     {
         let mut opts = std::fs::OpenOptions::new();

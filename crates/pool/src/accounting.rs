@@ -78,7 +78,7 @@ pub async fn ingest_once(log: &SqlitePool, ledger: &Ledger, after: i64) -> Resul
 pub const SETTLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Confirmations after which a coinbase may be spent (consensus) and credits become available.
-pub const COINBASE_MATURITY: u32 = 100;
+pub use chain::COINBASE_MATURITY;
 
 /// Where a credited block stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -199,8 +199,8 @@ async fn ledger_payouts(State(s): State<Arc<Shared>>, Path(owner): Path<String>)
         Ok(v) => v,
         Err(e) => return ledger_error(&e),
     };
-    let skip = match l.payout_skips().await {
-        Ok(v) => v.into_iter().find(|k| k.owner == owner),
+    let skip = match l.payout_skip_of(&owner).await {
+        Ok(v) => v,
         Err(e) => return ledger_error(&e),
     };
     let payouts: Vec<Value> = list

@@ -267,32 +267,43 @@ impl Ledger {
             }
             v
         });
+        // Every listed payout's lines in one read: the id range they span, kept by id.
+        let (Some(lo), Some(hi)) = (out.iter().map(|p| p.id).min(), out.iter().map(|p| p.id).max()) else {
+            return Ok(out);
+        };
+        let mut lines: std::collections::HashMap<i64, Vec<PayoutLine>> = std::collections::HashMap::new();
+        on_pool!(&self.db, pool => {
+            let rows = sqlx::query(
+                "SELECT payout_id, owner, address, debit_msat, paid_sat FROM payout_lines \
+                 WHERE payout_id BETWEEN $1 AND $2 ORDER BY payout_id, owner",
+            )
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+            for r in &rows {
+                lines.entry(r.try_get(0).map_err(classify)?).or_default().push(PayoutLine {
+                    owner: r.try_get(1).map_err(classify)?,
+                    address: r.try_get(2).map_err(classify)?,
+                    debit_msat: r.try_get(3).map_err(classify)?,
+                    paid_sat: r.try_get(4).map_err(classify)?,
+                });
+            }
+        });
         for p in &mut out {
-            p.lines = self.payout_lines(p.id).await?;
+            p.lines = lines.remove(&p.id).unwrap_or_default();
         }
         Ok(out)
     }
 
-    async fn payout_lines(&self, payout_id: i64) -> Result<Vec<PayoutLine>, LedgerError> {
-        Ok(on_pool!(&self.db, pool => {
-            let rows = sqlx::query(
-                "SELECT owner, address, debit_msat, paid_sat FROM payout_lines WHERE payout_id = $1 ORDER BY owner",
-            )
-            .bind(payout_id)
-            .fetch_all(pool)
+    /// Whether any payout is in flight (one indexed probe; no rows read).
+    pub async fn payout_in_flight(&self) -> Result<bool, LedgerError> {
+        let n: Option<i64> = on_pool!(&self.db, pool => sqlx::query_scalar("SELECT id FROM payouts WHERE state = 'in_flight' LIMIT 1")
+            .fetch_optional(pool)
             .await
-            .map_err(classify)?;
-            rows.iter()
-                .map(|r| {
-                    Ok(PayoutLine {
-                        owner: r.try_get(0).map_err(classify)?,
-                        address: r.try_get(1).map_err(classify)?,
-                        debit_msat: r.try_get(2).map_err(classify)?,
-                        paid_sat: r.try_get(3).map_err(classify)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, LedgerError>>()?
-        }))
+            .map_err(classify)?);
+        Ok(n.is_some())
     }
 
     /// One owner's payouts, newest first: (txid, state, line), at most `limit`
@@ -404,10 +415,20 @@ impl Ledger {
         Ok(())
     }
 
-    /// Every recorded skip, by owner.
+    /// Why `owner` was last skipped, if they were and have not been paid since.
+    pub async fn payout_skip_of(&self, owner: &str) -> Result<Option<PayoutSkip>, LedgerError> {
+        Ok(self.payout_skips_where(Some(owner)).await?.pop())
+    }
+
+    /// Every recorded skip, by owner (at most 10,000).
     pub async fn payout_skips(&self) -> Result<Vec<PayoutSkip>, LedgerError> {
+        self.payout_skips_where(None).await
+    }
+
+    async fn payout_skips_where(&self, owner: Option<&str>) -> Result<Vec<PayoutSkip>, LedgerError> {
         Ok(on_pool!(&self.db, pool => {
-            let rows = sqlx::query("SELECT owner, reason, balance_msat, at_ms FROM payout_skips ORDER BY owner LIMIT 10000")
+            let rows = sqlx::query("SELECT owner, reason, balance_msat, at_ms FROM payout_skips WHERE CAST($1 AS TEXT) IS NULL OR owner = $1 ORDER BY owner LIMIT 10000")
+                .bind(owner)
                 .fetch_all(pool)
                 .await
                 .map_err(classify)?;

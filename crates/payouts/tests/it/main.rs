@@ -145,6 +145,12 @@ async fn matured_balances_are_paid_in_one_signed_batch_and_settled_on_confirmati
         );
         assert!(reason(&dave).unwrap().contains("dust"), "{skips:?}");
         assert_eq!(reason(&alice), None);
+        // The one-owner lookup (the API's) agrees with the full list.
+        assert_eq!(
+            l.payout_skip_of(&dave).await.unwrap().map(|k| k.reason),
+            reason(&dave)
+        );
+        assert_eq!(l.payout_skip_of(&alice).await.unwrap(), None);
         let tx_id: bitcoin::Txid = txid.parse().unwrap();
         assert_eq!(node.lock().mempool().len(), 1);
         assert_eq!(
@@ -203,26 +209,39 @@ async fn matured_balances_are_paid_in_one_signed_batch_and_settled_on_confirmati
     }
 }
 
+/// The engine the tests pay with: threshold 1,000 sat, 2 sat/vB.
+fn payer(node: &DevNode, l: &Arc<Ledger>) -> Engine {
+    Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2))
+}
+
+/// A funded wallet pays alice 0.1 BTC (recorded and broadcast), then the node restarts from its
+/// files, its mempool gone. Returns the data dir, the restarted node, the ledger, alice, the txid.
+async fn paid_then_node_restarted(
+    url: &str,
+    backend: &str,
+) -> (tempfile::TempDir, DevNode, Arc<Ledger>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_node(dir.path());
+    mine(&node, &wallet().script().clone(), 101).await;
+    let l = Arc::new(Ledger::open(url).await.unwrap());
+    let alice = addr(1);
+    credit(&l, "c1", &alice, 10_000_000_000).await;
+    let Round::Paid { txid, .. } = payer(&node, &l).pay().await.unwrap() else {
+        panic!("{backend}: no payout")
+    };
+    drop(node);
+    let node = open_node(dir.path());
+    (dir, node, l, alice, txid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payout_the_node_lost_is_broadcast_again_from_its_bytes_and_paid_exactly_once() {
     for (backend, url, _keep) in test_support::fresh_databases().await {
-        let dir = tempfile::tempdir().unwrap();
-        let node = open_node(dir.path());
-        let wscript = wallet().script().clone();
-        mine(&node, &wscript, 101).await;
-        let l = Arc::new(Ledger::open(&url).await.unwrap());
-        let alice = addr(1);
-        credit(&l, "c1", &alice, 10_000_000_000).await;
-        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
-        let Round::Paid { txid, .. } = engine.pay().await.unwrap() else {
-            panic!("{backend}: no payout")
-        };
         // The node restarts: its mempool (memory only) is gone, as after a crash before broadcast.
-        drop(engine);
-        drop(node);
-        let node = open_node(dir.path());
+        let (_dir, node, l, alice, txid) = paid_then_node_restarted(&url, backend).await;
+        let wscript = wallet().script().clone();
         assert_eq!(node.lock().mempool().len(), 0);
-        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
+        let engine = payer(&node, &l);
         let s = engine.settle().await.unwrap();
         assert_eq!(s.rebroadcast, vec![txid.clone()], "{backend}");
         assert!(node.lock().mempool().contains(&txid.parse().unwrap()));
@@ -240,23 +259,11 @@ async fn a_payout_the_node_lost_is_broadcast_again_from_its_bytes_and_paid_exact
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payout_whose_inputs_were_spent_elsewhere_is_reversed_and_paid_again_later() {
     for (backend, url, _keep) in test_support::fresh_databases().await {
-        let dir = tempfile::tempdir().unwrap();
-        let node = open_node(dir.path());
-        let w = wallet();
-        let wscript = w.script().clone();
-        mine(&node, &wscript, 101).await;
-        let l = Arc::new(Ledger::open(&url).await.unwrap());
-        let alice = addr(1);
-        credit(&l, "c1", &alice, 10_000_000_000).await;
-        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
-        let Round::Paid { txid, .. } = engine.pay().await.unwrap() else {
-            panic!("{backend}: no payout")
-        };
         // The node forgets it, and the same coin is spent by another transaction of the wallet
         // (an operator's manual spend) that confirms.
-        drop(engine);
-        drop(node);
-        let node = open_node(dir.path());
+        let (_dir, node, l, alice, txid) = paid_then_node_restarted(&url, backend).await;
+        let w = wallet();
+        let wscript = w.script().clone();
         let coins = Backend::Dev(node.clone())
             .spendable_coins(&wscript)
             .await
@@ -277,7 +284,7 @@ async fn a_payout_whose_inputs_were_spent_elsewhere_is_reversed_and_paid_again_l
             .unwrap()
             .unwrap();
         mine(&node, &wscript, 1).await;
-        let engine = Engine::new(l.clone(), Backend::Dev(node.clone()), wallet(), cfg(1_000, 2));
+        let engine = payer(&node, &l);
         let s = engine.settle().await.unwrap();
         assert_eq!(s.abandoned.len(), 1, "{backend}: {s:?}");
         assert_eq!(s.abandoned[0].0, txid);
