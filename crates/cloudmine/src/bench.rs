@@ -42,6 +42,14 @@ pub enum BenchCmd {
         /// request-reply).
         #[arg(long, default_value_t = 1)]
         pipeline: usize,
+        /// Blocks mined while every connection is idle, one per round, to time the clean_jobs
+        /// notify fan-out (server side per round; client side for the first round).
+        #[arg(long, default_value_t = 3)]
+        notify_rounds: usize,
+        /// Scheduling of the load processes: `batch` (SCHED_BATCH via `chrt`: their wakeups do not
+        /// preempt the server, as remote miners' never would) or `normal`.
+        #[arg(long, default_value = "normal", value_parser = ["batch", "normal"])]
+        load_sched: String,
     },
     /// Balanced ledger transactions per second (durable batches), on SQLite or PostgreSQL.
     Ledger {
@@ -117,14 +125,18 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             warmup,
             share_rate,
             pipeline,
-        } => crate::loadgen::orchestrate(
-            connections.max(1),
-            processes.max(1),
+            notify_rounds,
+            load_sched,
+        } => crate::loadgen::orchestrate(crate::loadgen::PoolBench {
+            connections: connections.max(1),
+            processes: processes.max(1),
             seconds,
             warmup,
             share_rate,
-            pipeline.clamp(1, 64),
-        ),
+            pipeline: pipeline.clamp(1, 64),
+            notify_rounds: notify_rounds.clamp(1, 20),
+            load_batch: load_sched == "batch",
+        }),
         BenchCmd::Ledger {
             database_url,
             transactions,

@@ -23,15 +23,39 @@ use units::Difficulty;
 
 const USER: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
 
+/// One `bench pool` run's settings (see `cloudmine bench pool --help`).
+#[derive(Debug, Clone)]
+pub struct PoolBench {
+    /// Concurrent authorized connections.
+    pub connections: usize,
+    /// Load processes.
+    pub processes: usize,
+    /// Seconds measured.
+    pub seconds: u64,
+    /// Seconds of load before measuring.
+    pub warmup: u64,
+    /// Shares per second per connection (0: unpaced).
+    pub share_rate: f64,
+    /// Submits in flight per connection.
+    pub pipeline: usize,
+    /// Idle blocks mined to time the clean_jobs fan-out.
+    pub notify_rounds: usize,
+    /// Run the load processes under SCHED_BATCH.
+    pub load_batch: bool,
+}
+
 /// Orchestrates a run and prints the figures.
-pub fn orchestrate(
-    connections: usize,
-    processes: usize,
-    seconds: u64,
-    warmup: u64,
-    share_rate: f64,
-    pipeline: usize,
-) -> anyhow::Result<()> {
+pub fn orchestrate(b: PoolBench) -> anyhow::Result<()> {
+    let PoolBench {
+        connections,
+        processes,
+        seconds,
+        warmup,
+        share_rate,
+        pipeline,
+        notify_rounds,
+        load_batch,
+    } = b;
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cloudmine-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -73,8 +97,12 @@ pub fn orchestrate(
     let mut lines =
         StdBufReader::new(server.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?).lines();
     let mut rpc_url = String::new();
+    let mut http_addr = String::new();
     let addr: SocketAddr = loop {
         let l = lines.next().ok_or_else(|| anyhow::anyhow!("serve exited"))??;
+        if let Some(rest) = l.strip_prefix("HTTP API on http://") {
+            http_addr = rest.split_whitespace().next().unwrap_or("").to_string();
+        }
         if let Some(rest) = l.strip_prefix("dev chain JSON-RPC on ") {
             rpc_url = format!("{}/", rest.trim());
         }
@@ -92,7 +120,16 @@ pub fn orchestrate(
         if n == 0 {
             break;
         }
-        let mut k = Command::new(&exe)
+        // Under SCHED_BATCH (util-linux `chrt`) a load process's wakeups do not preempt the server,
+        // as miners on other machines never would; `--load-sched normal` measures without it.
+        let mut cmd = if load_batch {
+            let mut c = Command::new("chrt");
+            c.args(["--batch", "0"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let mut k = cmd
             .args([
                 "bench",
                 "pool-load",
@@ -130,21 +167,37 @@ pub fn orchestrate(
     }
     std::thread::sleep(Duration::from_millis(500));
     let rss_loaded = rss_kib(pid);
-    // A new block while every connection is idle: how fast does the clean_jobs notify reach all of them?
-    let trigger_us = unix_us();
+    // A new block while every connection is idle: how fast does the clean_jobs notify reach all of
+    // them? Client side for the first round (each load process timestamps the first clean notify of
+    // each connection as it reads it); server side (template arrival → last completed write, from
+    // /api/v1/pool) for every round.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mined = rt.block_on(async {
-        let c = core_rpc::RpcClient::new(&rpc_url, core_rpc::Auth::UserPass("bench".into(), "bench".into()))?;
-        c.call("generatetoaddress", json!([1, USER]))
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    if let Err(e) = mined {
-        eprintln!("could not trigger a block for the notify measurement: {e}");
+    let rpc = core_rpc::RpcClient::new(&rpc_url, core_rpc::Auth::UserPass("bench".into(), "bench".into()))?;
+    let mut trigger_us = 0;
+    let mut server_rounds = Vec::new();
+    for round in 0..notify_rounds {
+        let t = unix_us();
+        if round == 0 {
+            trigger_us = t;
+        }
+        if let Err(e) = rt.block_on(rpc.call("generatetoaddress", json!([1, USER]))) {
+            eprintln!("could not trigger a block for the notify measurement: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        server_rounds.push(
+            http_get_json(&http_addr, "/api/v1/pool")
+                .map(|v| v["clean_notify"].clone())
+                .unwrap_or_else(|e| json!({"error": e.to_string()})),
+        );
     }
-    std::thread::sleep(Duration::from_secs(2));
+    let mut server_ms: Vec<f64> = server_rounds
+        .iter()
+        .filter_map(|v| v["template_to_last_write_ms"].as_f64())
+        .collect();
+    server_ms.sort_by(f64::total_cmp);
+    let server_median = server_ms.get(server_ms.len() / 2).copied();
     // Start them all at once.
     for (k, _) in kids.iter_mut() {
         if let Some(stdin) = k.stdin.as_mut() {
@@ -202,6 +255,7 @@ pub fn orchestrate(
         "share_rate_per_connection": share_rate,
         "submits_in_flight_per_connection": pipeline,
         "load_processes": processes,
+        "load_scheduling": if load_batch { "SCHED_BATCH" } else { "normal" },
         "seconds": measured_s,
         "accepted_shares_per_s": accepted as f64 / measured_s.max(1e-9),
         "accepted": accepted, "rejected": rejected, "stale": stale,
@@ -213,10 +267,30 @@ pub fn orchestrate(
             "trigger_to_first_ms": clean_first.saturating_sub(trigger_us) as f64 / 1000.0,
             "trigger_to_last_ms": clean_last.saturating_sub(trigger_us) as f64 / 1000.0,
             "first_to_last_ms": clean_last.saturating_sub(clean_first.min(clean_last)) as f64 / 1000.0,
+            "server_rounds": server_rounds,
+            "server_template_to_last_write_ms_median": server_median,
         },
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// A GET over plain HTTP/1.1 on loopback (the bench's own server), parsed as JSON.
+fn http_get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.take(1 << 20).read_to_string(&mut resp)?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| anyhow::anyhow!("no HTTP body from {addr}{path}"))?;
+    Ok(serde_json::from_str(body)?)
 }
 
 fn unix_us() -> u64 {
@@ -356,7 +430,7 @@ async fn miner(
     )
     .await?;
     let mut en1 = Vec::new();
-    let mut job: Option<(PreparedJob, mining_core::CoinbasePrefix, String, u32)> = None;
+    let mut job: Option<LoadJob> = None;
     let mut diff = 1.0f64;
     let mut pending_diff = 1.0f64;
     let mut line = String::new();
@@ -388,6 +462,7 @@ async fn miner(
     let _ = ready.send(()).await;
     // Idle until "go", but watch for the clean_jobs notify the orchestrator's block triggers.
     let mut deferred: Vec<String> = Vec::new();
+    let mut clean_seen = false;
     if !started.load(Ordering::SeqCst) {
         let notified = go.notified();
         tokio::pin!(notified);
@@ -399,7 +474,8 @@ async fn miner(
                     if r? == 0 { anyhow::bail!("closed while idle"); }
                     // Timestamp on arrival with a cheap check; parse later, so the load generator's own
                     // CPU (one thread serving thousands of sockets) does not inflate later timestamps.
-                    if line.contains("\"mining.notify\"") && line.trim_end().ends_with("true]}") {
+                    if !clean_seen && line.contains("\"mining.notify\"") && line.trim_end().ends_with("true]}") {
+                        clean_seen = true;
                         let t = unix_us();
                         clean[0].fetch_add(1, Ordering::Relaxed);
                         clean[1].fetch_min(t, Ordering::Relaxed);
@@ -431,10 +507,9 @@ async fn miner(
             next_at += p;
         }
         while inflight.len() < depth {
-            let Some((pj, prefix, job_id, ntime)) = job.as_ref() else {
+            let Some((pj, prefix, job_id, ntime, target)) = job.as_ref() else {
                 return Ok(lat);
             };
-            let target = Difficulty::from_f64(diff).unwrap_or(Difficulty::MIN).to_target();
             let mut found = None;
             'search: for _ in 0..1000 {
                 en2 = en2.wrapping_add(1);
@@ -448,7 +523,7 @@ async fn miner(
                         nonce,
                         version: pj.version,
                     });
-                    if c.meets(target) && !c.meets(pj.network_target) {
+                    if c.meets(*target) && !c.meets(pj.network_target) {
                         found = Some((e, nonce));
                         break 'search;
                     }
@@ -456,53 +531,72 @@ async fn miner(
             }
             let Some((e, nonce)) = found else { return Ok(lat) };
             id += 1;
-            let submit = json!({"id": id, "method": "mining.submit", "params": [user, job_id, stratum::to_hex(&e), format!("{ntime:08x}"), format!("{nonce:08x}")]});
-            batch.push_str(&submit.to_string());
-            batch.push('\n');
+            // The submit as cpuminer writes it (formatted directly: the load generator's CPU is
+            // the server's CPU too on this machine).
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                batch,
+                r#"{{"id":{id},"method":"mining.submit","params":["{user}","{job_id}","{:02x}{:02x}{:02x}{:02x}","{ntime:08x}","{nonce:08x}"]}}"#,
+                e[0], e[1], e[2], e[3]
+            );
             inflight.push_back(Instant::now());
         }
         if !batch.is_empty() {
             w.write_all(batch.as_bytes()).await?;
             batch.clear();
         }
-        // Read until at least one reply.
-        loop {
+        // Read until at least one reply, then take every reply already buffered, so the next
+        // submits go out in one write (as pipelining firmware does).
+        let mut replied = false;
+        while !replied || r.buffer().contains(&b'\n') {
             line.clear();
             if r.read_line(&mut line).await? == 0 {
                 return Ok(lat);
             }
-            match Incoming::parse(line.trim_end().as_bytes()) {
-                Ok(Incoming::Response { result, error, .. }) => {
-                    let t = inflight.pop_front().unwrap_or_else(Instant::now);
-                    let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
-                    if measuring.load(Ordering::Relaxed) {
-                        lat.push(us);
-                        let slot = if result == json!(true) {
-                            0
-                        } else if error.get(0) == Some(&json!(21)) {
-                            2
-                        } else {
-                            1
-                        };
-                        counters[slot].fetch_add(1, Ordering::Relaxed);
+            let t = line.trim_end();
+            // Fast path for the common reply; anything else is parsed in full.
+            let verdict = if !t.contains("\"method\"") && t.contains("\"result\":true") {
+                Some(0)
+            } else {
+                match Incoming::parse(t.as_bytes()) {
+                    Ok(Incoming::Response { error, .. }) => {
+                        Some(if error.get(0) == Some(&json!(21)) { 2 } else { 1 })
                     }
-                    break;
+                    Ok(Incoming::Notification { method, params }) => {
+                        apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff);
+                        None
+                    }
+                    _ => None,
                 }
-                Ok(Incoming::Notification { method, params }) => {
-                    apply(&method, &params, &en1, &mut job, &mut diff, &mut pending_diff)
+            };
+            if let Some(slot) = verdict {
+                replied = true;
+                let t = inflight.pop_front().unwrap_or_else(Instant::now);
+                let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+                if measuring.load(Ordering::Relaxed) {
+                    lat.push(us);
+                    counters[slot].fetch_add(1, Ordering::Relaxed);
                 }
-                _ => {}
             }
         }
     }
     Ok(lat)
 }
 
+/// A job as the load miner keeps it: prepared job, coinbase prefix, job id, ntime, share target.
+type LoadJob = (
+    PreparedJob,
+    mining_core::CoinbasePrefix,
+    String,
+    u32,
+    units::Target,
+);
+
 fn apply(
     method: &str,
     params: &[Value],
     en1: &[u8],
-    job: &mut Option<(PreparedJob, mining_core::CoinbasePrefix, String, u32)>,
+    job: &mut Option<LoadJob>,
     diff: &mut f64,
     pending: &mut f64,
 ) {
@@ -511,8 +605,9 @@ fn apply(
         Ok(Some(ServerMessage::Notify(n))) => {
             if let Ok(pj) = miner::work::prepared_job(&n) {
                 let prefix = pj.prefix(en1);
-                *job = Some((pj, prefix, n.job_id, n.ntime));
                 *diff = *pending;
+                let target = Difficulty::from_f64(*diff).unwrap_or(Difficulty::MIN).to_target();
+                *job = Some((pj, prefix, n.job_id, n.ntime, target));
             }
         }
         _ => {}

@@ -64,7 +64,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 async fn pool(State(s): State<Arc<Shared>>) -> Response {
     let now = now_ms();
     let tip = *s.backend.tip().borrow();
+    let (clean_job, clean_n, clean_us) = s.stats.clean_fanout();
     Json(json!({
+        "clean_notify": {"job": clean_job, "connections_written": clean_n, "template_to_last_write_ms": clean_us as f64 / 1000.0},
         "connections": s.stats.connections.load(Ordering::Relaxed),
         "hashrate_hps": s.stats.hashrate(now),
         "hashrate_window_s": crate::stats::WINDOW_MINUTES * 60,

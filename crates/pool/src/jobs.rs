@@ -47,6 +47,8 @@ pub struct Job {
     pub version: u32,
     /// ntime sent to miners.
     pub ntime: u32,
+    /// When the job was made (right after its template arrived).
+    pub issued: std::time::Instant,
     branch: Vec<[u8; 32]>,
     tag: Vec<u8>,
     coinbases: Mutex<HashMap<ScriptBuf, Arc<JobCoinbase>>>,
@@ -65,6 +67,7 @@ impl Job {
             clean,
             version,
             ntime,
+            issued: std::time::Instant::now(),
             tag,
             coinbases: Mutex::new(HashMap::new()),
         }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stratum::framing::LineBuffer;
 use stratum::{ClientRequest, Incoming};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -52,8 +52,41 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     bans: Mutex<HashMap<IpAddr, Instant>>,
     next_en1: AtomicU32,
+    /// Each live connection's control mailbox, by its extranonce1.
+    mailboxes: Mutex<HashMap<[u8; 4], Arc<Mailbox>>>,
     /// The ledger, once [`Pool::feed_ledger`] connected one (read by the HTTP API).
     pub ledger: std::sync::OnceLock<Arc<ledger::Ledger>>,
+}
+
+/// An instruction for one connection's task, delivered through its [`Mailbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    /// Move to this extranonce1 ([`Session::reassign_extranonce`]).
+    SetExtranonce([u8; 4]),
+}
+
+/// One connection's control slot: the newest instruction wins; the task wakes on `notify` (a stored
+/// permit, so an instruction sent while the task is busy is not lost).
+#[derive(Debug, Default)]
+struct Mailbox {
+    notify: tokio::sync::Notify,
+    control: Mutex<Option<Control>>,
+}
+
+/// Keeps a connection's mailbox registered under its current extranonce1; unregisters on drop.
+struct Registration<'a> {
+    shared: &'a Shared,
+    en1: [u8; 4],
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.en1);
+    }
 }
 
 /// A running pool.
@@ -87,6 +120,7 @@ impl Pool {
             bans: Mutex::new(HashMap::new()),
             // Start from a random point so restarts do not reuse extranonce1 values.
             next_en1: AtomicU32::new(rand_u32()),
+            mailboxes: Mutex::new(HashMap::new()),
             ledger: std::sync::OnceLock::new(),
         });
         refresh_once(&shared, &jobs_tx, true).await;
@@ -155,6 +189,24 @@ impl Pool {
         });
     }
 
+    /// Moves the connection whose extranonce1 is `en1` to a fresh, unique extranonce1 (for a miner
+    /// that subscribed to `mining.set_extranonce`; any other is told to reconnect). Returns the new
+    /// value, or `None` if no such connection is open. The connection applies it between requests;
+    /// one still in its handshake keeps its extranonce1.
+    pub fn reassign_extranonce(&self, en1: [u8; 4]) -> Option<[u8; 4]> {
+        let mailbox = self
+            .shared
+            .mailboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&en1)
+            .cloned()?;
+        let new = self.shared.allocate_en1();
+        *mailbox.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(Control::SetExtranonce(new));
+        mailbox.notify.notify_one();
+        Some(new)
+    }
+
     /// The current job set.
     pub fn jobs(&self) -> Arc<JobSet> {
         self.shared.jobs.borrow().clone()
@@ -165,6 +217,20 @@ impl Pool {
         self.token.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+impl Shared {
+    /// An extranonce1 no live connection holds (the counter starts at a random point so restarts do
+    /// not reuse values; a value still in use after a wrap of the 32-bit counter is skipped).
+    fn allocate_en1(&self) -> [u8; 4] {
+        let boxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let en1 = self.next_en1.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+            if !boxes.contains_key(&en1) {
+                return en1;
+            }
+        }
     }
 }
 
@@ -197,6 +263,9 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
                 now,
             ));
             tracing::debug!(job = job.id, height = job.template.height, clean, "new job");
+            if clean {
+                shared.stats.clean_published(job.id);
+            }
             let _ = tx.send(Arc::new(cur.with(job, shared.cfg.jobs_kept)));
         }
         Err(e) => tracing::warn!(error = %e, "no block template"),
@@ -312,7 +381,14 @@ enum Reply {
 }
 
 async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: CancellationToken) -> &'static str {
-    let en1 = shared.next_en1.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    let en1 = shared.allocate_en1();
+    let mailbox = Arc::new(Mailbox::default());
+    shared
+        .mailboxes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(en1, mailbox.clone());
+    let mut registration = Registration { shared, en1 };
     let start = Instant::now();
     let mut session = Session::new(en1, shared, now_ms());
     let mut lines = LineBuffer::new(shared.cfg.line_bytes_max);
@@ -321,6 +397,8 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
     let mut last_activity = Instant::now();
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut out = String::new();
+    // A clean job's notify waiting in `out`: (job, when its template arrived), for the fan-out figure.
+    let mut clean_sent: Option<(u64, Instant)> = None;
     loop {
         let deadline = if session.ready() {
             last_activity + shared.cfg.idle_timeout
@@ -336,6 +414,26 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
             () = tokio::time::sleep_until(deadline.into()) => {
                 return if session.ready() { "idle timeout" } else { "handshake deadline" };
             }
+            () = mailbox.notify.notified() => {
+                let control = mailbox.control.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(Control::SetExtranonce(new)) = control {
+                    match session.reassign_extranonce(shared, new) {
+                        None => tracing::debug!("extranonce1 change refused before the handshake completed"),
+                        Some(outcome) => {
+                            for l in &outcome.lines { out.push_str(l); }
+                            if let Some(reason) = outcome.close {
+                                let _ = stream.write_all(out.as_bytes()).await;
+                                return reason;
+                            }
+                            let mut boxes = shared.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+                            boxes.remove(&registration.en1);
+                            boxes.insert(new, mailbox.clone());
+                            registration.en1 = new;
+                            clean_sent = None;
+                        }
+                    }
+                }
+            }
             _ = tick.tick() => {
                 for l in session.tick(shared, now_ms()) { out.push_str(&l); }
             }
@@ -346,26 +444,32 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                 }
                 let set = jobs.borrow_and_update().clone();
                 if session.ready() {
+                    let before = out.len();
                     for l in session.work_lines(shared, &set, false) { out.push_str(&l); }
+                    if out.len() > before {
+                        clean_sent = set.newest().filter(|j| j.clean).map(|j| (j.id, j.issued));
+                    }
                 }
             }
-            r = stream.readable() => {
-                if r.is_err() { return "peer closed"; }
-                // Read into the heap line buffer in a block with no `.await`, so the stack chunk is not
-                // part of the connection's resting future (that keeps idle connections small).
-                let read = {
-                    let mut chunk = [0u8; READ_CHUNK_BYTES];
-                    match stream.try_read(&mut chunk) {
-                        Ok(0) => Err("peer closed"),
-                        Ok(n) => { lines.extend(chunk.get(..n).unwrap_or(&[])); Ok(true) }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-                        Err(_) => Err("peer closed"),
+            // Read straight into the heap line buffer: the stack chunk lives only inside one poll, so
+            // it is not part of the connection's resting future (that keeps idle connections small).
+            // `poll_read` (unlike `try_read`) clears readiness after a short read, which saves the
+            // extra would-block read per wakeup.
+            r = std::future::poll_fn(|cx| {
+                let mut chunk = [0u8; READ_CHUNK_BYTES];
+                let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+                match std::pin::Pin::new(&mut stream).poll_read(cx, &mut buf) {
+                    std::task::Poll::Ready(Ok(())) => {
+                        lines.extend(buf.filled());
+                        std::task::Poll::Ready(Ok(buf.filled().len()))
                     }
-                };
-                match read {
-                    Err(reason) => return reason,
-                    Ok(false) => continue,
-                    Ok(true) => {}
+                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            }) => {
+                match r {
+                    Ok(0) | Err(_) => return "peer closed",
+                    Ok(_) => {}
                 }
                 last_activity = Instant::now();
                 // Replies in request order; a valid share's reply waits for its group commit, and
@@ -436,6 +540,9 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
         if !out.is_empty() {
             if stream.write_all(out.as_bytes()).await.is_err() {
                 return "write failed";
+            }
+            if let Some((job, issued)) = clean_sent.take() {
+                shared.stats.clean_written(job, issued.elapsed());
             }
             // Release the buffer: an idle connection holds no write buffer.
             out = String::new();

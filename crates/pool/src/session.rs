@@ -79,6 +79,9 @@ pub struct Session {
     extranonce_subscribed: bool,
     vardiff: Vardiff,
     sent_difficulty: Option<Difficulty>,
+    /// The share target of the last difficulty a job was sent at (a 256-bit division, so computed
+    /// once per difficulty change rather than once per job send).
+    target_cache: Option<(Difficulty, units::Target)>,
     jobs: VecDeque<ConnJob>,
     seen: HashMap<u64, HashSet<ShareKey>>,
     hasher: BatchHasher,
@@ -101,6 +104,7 @@ impl Session {
             extranonce_subscribed: false,
             vardiff: Vardiff::new(shared.cfg.vardiff, shared.cfg.initial_difficulty, now_ms),
             sent_difficulty: None,
+            target_cache: None,
             jobs: VecDeque::new(),
             seen: HashMap::new(),
             hasher: BatchHasher::new(),
@@ -278,8 +282,64 @@ impl Session {
         Ok(json!(true))
     }
 
+    /// The connection's extranonce1.
+    pub fn extranonce1(&self) -> [u8; 4] {
+        self.en1
+    }
+
+    /// Moves the connection to extranonce1 `en1` (stratum-v1.md §4): a miner that subscribed to
+    /// `set_extranonce` (`mining.extranonce.subscribe` or BIP310 `subscribe-extranonce`) gets
+    /// `mining.set_extranonce` followed at once by a `clean_jobs` notify under a job id it has never
+    /// seen, so no share can be judged against the wrong extranonce1 (shares for earlier jobs are
+    /// stale, 21). Any other miner is told to reconnect and the connection closes (its new
+    /// connection gets a new extranonce1). Before subscribe and authorize nothing unsolicited may be
+    /// sent, so the change is refused: `None`.
+    pub fn reassign_extranonce(&mut self, shared: &Shared, en1: [u8; 4]) -> Option<Outcome> {
+        if !self.ready() {
+            return None;
+        }
+        let mut out = Outcome::default();
+        if !self.extranonce_subscribed {
+            out.lines.push(
+                ServerMessage::Reconnect {
+                    host: None,
+                    port: None,
+                    wait_s: 0,
+                }
+                .to_line(),
+            );
+            out.close = Some("extranonce1 reassigned; the miner did not subscribe to set_extranonce");
+            return Some(out);
+        }
+        self.en1 = en1;
+        out.lines.push(
+            ServerMessage::SetExtranonce {
+                extranonce1: en1.to_vec(),
+                extranonce2_size: EXTRANONCE2_BYTES,
+            }
+            .to_line(),
+        );
+        self.jobs.clear();
+        self.seen.clear();
+        let jobs = shared.jobs.borrow().clone();
+        out.lines.extend(self.send_work(shared, &jobs, true, true));
+        Some(out)
+    }
+
     /// The work to send now: `set_difficulty` (if it changed) and a `notify` of the newest job.
     pub fn work_lines(&mut self, shared: &Shared, jobs: &JobSet, force_clean: bool) -> Vec<String> {
+        self.send_work(shared, jobs, force_clean, false)
+    }
+
+    /// [`Session::work_lines`]; with `fresh_id` the job goes out under a new per-connection id even
+    /// on its first send here (after an extranonce1 change the shared id is already taken).
+    fn send_work(
+        &mut self,
+        shared: &Shared,
+        jobs: &JobSet,
+        force_clean: bool,
+        fresh_id: bool,
+    ) -> Vec<String> {
         let Some(job) = jobs.newest().cloned() else {
             return Vec::new();
         };
@@ -313,7 +373,7 @@ impl Session {
         }
         // First send of this job on this connection: the shared, preformatted line with the global id.
         // A re-send (new difficulty on the same job) needs its own id, from the same global counter.
-        let first_send = !self.jobs.iter().any(|j| j.job.id == job.id);
+        let first_send = !fresh_id && !self.jobs.iter().any(|j| j.job.id == job.id);
         let id = if first_send {
             lines.push(cb.lines[usize::from(clean)].clone());
             job.id
@@ -326,13 +386,21 @@ impl Session {
             id
         };
         let prefix = cb.prepared.prefix(&self.en1);
+        let target = match self.target_cache {
+            Some((cd, t)) if cd == d => t,
+            _ => {
+                let t = d.to_target();
+                self.target_cache = Some((d, t));
+                t
+            }
+        };
         self.jobs.push_back(ConnJob {
             id,
             job,
             cb,
             prefix,
             difficulty: d,
-            target: d.to_target(),
+            target,
         });
         while self.jobs.len() > shared.cfg.jobs_kept.max(1) {
             if let Some(old) = self.jobs.pop_front() {

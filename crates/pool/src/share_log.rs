@@ -100,7 +100,9 @@ const SCHEMA: &[&str] = &[
         extranonce2 BLOB NOT NULL,
         header BLOB NOT NULL CHECK (length(header) = 80),
         is_block INTEGER NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS shares_address_ts ON shares(address, ts_ms)",
+    // Nothing reads shares by address (per-address figures come from memory and the ledger's work
+    // log); the index of earlier versions cost a second B-tree insert per share.
+    "DROP INDEX IF EXISTS shares_address_ts",
     // Accounting finds a block's own share by its header; only block shares are indexed.
     "CREATE INDEX IF NOT EXISTS shares_block_header ON shares(header) WHERE is_block = 1",
     "CREATE TABLE IF NOT EXISTS blocks (
@@ -215,6 +217,9 @@ impl ShareLog {
 
 async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sender<Result<(), LogError>>)>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    // One connection for every commit: its prepared statements stay cached (a pool would rotate
+    // the writer over its connections, each with a cold cache and its own worker thread).
+    let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < BATCH_MAX {
@@ -223,9 +228,17 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
                 Err(_) => break,
             }
         }
-        let res = commit(&db, &batch).await;
+        let res = match conn.as_mut() {
+            Some(c) => commit(c, &batch).await,
+            None => match db.acquire().await {
+                Ok(c) => commit(conn.insert(c), &batch).await,
+                Err(e) => Err(LogError(format!("no database connection: {e}"))),
+            },
+        };
         if let Err(e) = &res {
             tracing::error!(error = %e, records = batch.len(), "share log commit failed; nothing in this batch was acknowledged");
+            // Start the next commit on a fresh connection.
+            conn = None;
         }
         for (_, ack) in batch.drain(..) {
             let _ = ack.send(res.clone());
@@ -233,13 +246,16 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
     }
 }
 
-/// Rows per multi-row INSERT (10 bound values each; SQLite allows 32,766 variables per statement).
-pub const ROWS_PER_INSERT: usize = 1_000;
+/// Rows per multi-row INSERT at most. With one writer connection, every statement shape (1 to this
+/// many rows) stays in its statement cache (sqlx keeps 100 per connection), so after warm-up no
+/// commit prepares a statement.
+pub const ROWS_PER_INSERT: usize = 64;
 
 async fn commit(
-    db: &SqlitePool,
+    conn: &mut sqlx::SqliteConnection,
     batch: &[(Record, oneshot::Sender<Result<(), LogError>>)],
 ) -> Result<(), LogError> {
+    use sqlx::Connection as _;
     let err = |e: sqlx::Error| LogError(e.to_string());
     let mut shares = Vec::with_capacity(batch.len());
     let mut blocks = Vec::new();
@@ -254,7 +270,7 @@ async fn commit(
             Record::Block(b) => blocks.push(b),
         }
     }
-    let mut tx = db.begin().await.map_err(err)?;
+    let mut tx = conn.begin().await.map_err(err)?;
     for chunk in shares.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO shares (ts_ms, address, worker, job_id, diff_int, diff_frac, extranonce1, extranonce2, header, is_block) ",

@@ -69,12 +69,43 @@ pub struct PoolStats {
     pub refused: AtomicU64,
     /// Shares in the share log not yet copied into the ledger's work log.
     pub ledger_backlog: AtomicU64,
+    /// The newest clean job (new prevhash) and how its notify went out: connections written and the
+    /// time from the template's arrival to the latest connection's completed write (µs).
+    clean_job: AtomicU64,
+    clean_written: AtomicU64,
+    clean_last_us: AtomicU64,
     latency: [AtomicU64; 12],
     latency_sum_us: AtomicU64,
     workers: Mutex<HashMap<(String, String), WorkerStats>>,
 }
 
 impl PoolStats {
+    /// A clean job was published: its fan-out figures start from zero.
+    pub fn clean_published(&self, job: u64) {
+        self.clean_job.store(job, Ordering::Relaxed);
+        self.clean_written.store(0, Ordering::Relaxed);
+        self.clean_last_us.store(0, Ordering::Relaxed);
+    }
+
+    /// A connection finished writing the notify of clean job `job`, `since_template` after the
+    /// template arrived.
+    pub fn clean_written(&self, job: u64, since_template: std::time::Duration) {
+        if self.clean_job.load(Ordering::Relaxed) == job {
+            self.clean_written.fetch_add(1, Ordering::Relaxed);
+            let us = u64::try_from(since_template.as_micros()).unwrap_or(u64::MAX);
+            self.clean_last_us.fetch_max(us, Ordering::Relaxed);
+        }
+    }
+
+    /// (clean job, connections written, template → last write in µs) for the newest clean job.
+    pub fn clean_fanout(&self) -> (u64, u64, u64) {
+        (
+            self.clean_job.load(Ordering::Relaxed),
+            self.clean_written.load(Ordering::Relaxed),
+            self.clean_last_us.load(Ordering::Relaxed),
+        )
+    }
+
     /// Records a submit's latency (receipt to durable verdict).
     pub fn observe_latency(&self, secs: f64) {
         let i = LATENCY_BUCKETS_S
@@ -173,6 +204,19 @@ impl PoolStats {
                 ("{result=\"accepted\"}".into(), g(&self.accepted).to_string()),
                 ("{result=\"rejected\"}".into(), g(&self.rejected).to_string()),
             ],
+        );
+        let (_, clean_n, clean_us) = self.clean_fanout();
+        metric(
+            "cloudmine_pool_clean_notify_connections",
+            "gauge",
+            "Connections written the newest clean_jobs notify.",
+            &[(String::new(), clean_n.to_string())],
+        );
+        metric(
+            "cloudmine_pool_clean_notify_last_write_seconds",
+            "gauge",
+            "Newest clean_jobs notify: template arrival to the last connection's completed write.",
+            &[(String::new(), format!("{:.6}", clean_us as f64 / 1e6))],
         );
         let work = Work::from_hashes(u128::from(g(&self.accepted_work)) << 16);
         metric(

@@ -26,6 +26,8 @@ pub struct Miner {
     /// Negotiated version-rolling mask.
     pub mask: u32,
     pending_diff: f64,
+    /// Extranonce1 from `mining.set_extranonce`, applied with the next notify.
+    pending_en1: Option<Vec<u8>>,
     en2: u32,
 }
 
@@ -42,6 +44,7 @@ impl Miner {
             diff: 1.0,
             mask: 0,
             pending_diff: 1.0,
+            pending_en1: None,
             en2: 0,
         }
     }
@@ -68,8 +71,14 @@ impl Miner {
                 Some(ServerMessage::Notify(n)) => {
                     self.job = Some(n);
                     self.diff = self.pending_diff;
+                    if let Some(en1) = self.pending_en1.take() {
+                        self.en1 = en1;
+                    }
                 }
                 Some(ServerMessage::SetVersionMask(m)) => self.mask = m,
+                Some(ServerMessage::SetExtranonce { extranonce1, .. }) => {
+                    self.pending_en1 = Some(extranonce1)
+                }
                 _ => {}
             }
         }

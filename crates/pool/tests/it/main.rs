@@ -848,3 +848,64 @@ async fn tides_uses_a_window_of_eight_times_the_block_work() {
     let total: i64 = credits.iter().map(|c| -c.msat).sum();
     assert_eq!(l.balance(&Account::immature(ADDR)).await.unwrap(), total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_extranonce_moves_a_subscribed_miner_and_reconnects_the_others() {
+    // Below the dev chain's network difficulty, so about half the shares are not blocks (the job
+    // must stay current); vardiff pinned so no set_difficulty interleaves.
+    let h = harness(|c| {
+        c.initial_difficulty = Difficulty::MIN;
+        c.vardiff.max = Difficulty::MIN;
+    })
+    .await;
+    assert_eq!(h.pool.reassign_extranonce([0xde, 0xad, 0xbe, 0xef]), None);
+    // A: subscribes to set_extranonce (NiceHash's method).
+    let mut a = Miner::connect(h.pool.local_addr()).await;
+    a.handshake(&format!("{ADDR}.a")).await;
+    a.send(r#"{"id":3,"method":"mining.extranonce.subscribe","params":[]}"#)
+        .await;
+    assert_eq!(a.reply().await["result"], true);
+    let old_en1: [u8; 4] = a.en1.clone().try_into().unwrap();
+    let old_job = a.job.clone().unwrap().job_id;
+    // A share for the current job under the old extranonce1, kept for after the change.
+    let (old_share, _) = a.find_plain_share(&format!("{ADDR}.a"));
+    let new_en1 = h.pool.reassign_extranonce(old_en1).expect("A is connected");
+    assert_ne!(new_en1, old_en1);
+    // set_extranonce, then at once a clean notify under a job id A has not seen.
+    let l = a.next().await.unwrap();
+    assert_eq!(l["method"], "mining.set_extranonce", "{l}");
+    assert_eq!(l["params"], json!([stratum::to_hex(&new_en1), 4]));
+    let l = a.next().await.unwrap();
+    assert_eq!(
+        l["method"], "mining.notify",
+        "set_extranonce must be followed by a notify: {l}"
+    );
+    assert_eq!(l["params"][8], true, "clean_jobs");
+    assert_ne!(l["params"][0].as_str().unwrap(), old_job);
+    assert_eq!(
+        a.en1,
+        new_en1.to_vec(),
+        "the test miner applied it with the notify"
+    );
+    // The old job's share is stale now; a share under the new extranonce1 is accepted and logged.
+    let r = a.submit(json!(4), &old_share).await;
+    assert_eq!(r["error"][0], 21, "{r}");
+    let (p, header) = a.find_plain_share(&format!("{ADDR}.a"));
+    let r = a.submit(json!(5), &p).await;
+    assert_eq!(verdict(&r), Ok(()), "{r}");
+    assert!(h.pool.log().headers().await.unwrap().contains(&header.to_vec()));
+    // The connection is now addressed by its new extranonce1 only.
+    assert_eq!(h.pool.reassign_extranonce(old_en1), None);
+    // B never subscribed to set_extranonce: told to reconnect, then closed.
+    let mut b = Miner::connect(h.pool.local_addr()).await;
+    b.handshake(&format!("{ADDR}.b")).await;
+    let b_en1: [u8; 4] = b.en1.clone().try_into().unwrap();
+    assert!(h.pool.reassign_extranonce(b_en1).is_some());
+    let l = b.next().await.unwrap();
+    assert_eq!(l["method"], "client.reconnect", "{l}");
+    assert!(b.next().await.is_none(), "B's connection is closed");
+    // A keeps mining.
+    let (p, _) = a.find_plain_share(&format!("{ADDR}.a"));
+    assert_eq!(verdict(&a.submit(json!(6), &p).await), Ok(()));
+    h.pool.shutdown().await;
+}
