@@ -22,35 +22,7 @@ pub enum BenchCmd {
         batch: usize,
     },
     /// Loopback load on a real `cloudmine serve`: connections held, server RSS, shares/s, latency.
-    Pool {
-        /// Concurrent authorized miner connections.
-        #[arg(long, default_value_t = 1000)]
-        connections: usize,
-        /// Load processes (each may hold at most 20,000 open files here).
-        #[arg(long, default_value_t = 1)]
-        processes: usize,
-        /// Seconds measured.
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Seconds of load before measuring.
-        #[arg(long, default_value_t = 10)]
-        warmup: u64,
-        /// Shares per second per connection (0: as fast as replies come back).
-        #[arg(long, default_value_t = 0.0)]
-        share_rate: f64,
-        /// Submits kept in flight per connection when unpaced (real firmware pipelines; 1 = strict
-        /// request-reply).
-        #[arg(long, default_value_t = 1)]
-        pipeline: usize,
-        /// Blocks mined while every connection is idle, one per round, to time the clean_jobs
-        /// notify fan-out (server side per round; client side for the first round).
-        #[arg(long, default_value_t = 3)]
-        notify_rounds: usize,
-        /// Scheduling of the load processes: `batch` (SCHED_BATCH via `chrt`: their wakeups do not
-        /// preempt the server, as remote miners' never would) or `normal`.
-        #[arg(long, default_value = "normal", value_parser = ["batch", "normal"])]
-        load_sched: String,
-    },
+    Pool(crate::loadgen::PoolBench),
     /// Balanced ledger transactions per second (durable batches), on SQLite or PostgreSQL.
     Ledger {
         /// `postgres://…`, `sqlite://PATH` or a path; default: a SQLite file in a temp directory.
@@ -118,25 +90,7 @@ pub enum BenchCmd {
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Validate { runs, seconds, batch } => validate(runs.max(1), seconds, batch.max(1)),
-        BenchCmd::Pool {
-            connections,
-            processes,
-            seconds,
-            warmup,
-            share_rate,
-            pipeline,
-            notify_rounds,
-            load_sched,
-        } => crate::loadgen::orchestrate(crate::loadgen::PoolBench {
-            connections: connections.max(1),
-            processes: processes.max(1),
-            seconds,
-            warmup,
-            share_rate,
-            pipeline: pipeline.clamp(1, 64),
-            notify_rounds: notify_rounds.clamp(1, 20),
-            load_batch: load_sched == "batch",
-        }),
+        BenchCmd::Pool(b) => crate::loadgen::orchestrate(b),
         BenchCmd::Ledger {
             database_url,
             transactions,

@@ -23,39 +23,46 @@ use units::Difficulty;
 
 const USER: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
 
-/// One `bench pool` run's settings (see `cloudmine bench pool --help`).
-#[derive(Debug, Clone)]
+/// One `bench pool` run's settings.
+#[derive(Debug, Clone, clap::Args)]
 pub struct PoolBench {
-    /// Concurrent authorized connections.
-    pub connections: usize,
-    /// Load processes.
-    pub processes: usize,
+    /// Concurrent authorized miner connections.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Load processes (each may hold at most 20,000 open files here).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
     /// Seconds measured.
-    pub seconds: u64,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
     /// Seconds of load before measuring.
-    pub warmup: u64,
-    /// Shares per second per connection (0: unpaced).
-    pub share_rate: f64,
-    /// Submits in flight per connection.
-    pub pipeline: usize,
-    /// Idle blocks mined to time the clean_jobs fan-out.
-    pub notify_rounds: usize,
-    /// Run the load processes under SCHED_BATCH.
-    pub load_batch: bool,
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Shares per second per connection (0: as fast as replies come back).
+    #[arg(long, default_value_t = 0.0)]
+    share_rate: f64,
+    /// Submits kept in flight per connection when unpaced (real firmware pipelines; 1 = strict
+    /// request-reply; at most 64).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Blocks mined while every connection is idle, one per round, to time the clean_jobs notify
+    /// fan-out (server side per round; client side for the first round; at most 20).
+    #[arg(long, default_value_t = 3)]
+    notify_rounds: usize,
+    /// Scheduling of the load processes: `batch` (SCHED_BATCH via `chrt`: their wakeups do not
+    /// preempt the server, as remote miners' never would) or `normal`.
+    #[arg(long, default_value = "normal", value_parser = ["batch", "normal"])]
+    load_sched: String,
 }
 
 /// Orchestrates a run and prints the figures.
 pub fn orchestrate(b: PoolBench) -> anyhow::Result<()> {
-    let PoolBench {
-        connections,
-        processes,
-        seconds,
-        warmup,
-        share_rate,
-        pipeline,
-        notify_rounds,
-        load_batch,
-    } = b;
+    let connections = b.connections.max(1);
+    let processes = b.processes.max(1);
+    let (seconds, warmup, share_rate) = (b.seconds, b.warmup, b.share_rate);
+    let pipeline = b.pipeline.clamp(1, 64);
+    let notify_rounds = b.notify_rounds.clamp(1, 20);
+    let load_batch = b.load_sched == "batch";
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("cloudmine-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
