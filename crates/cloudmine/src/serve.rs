@@ -31,13 +31,17 @@ pub enum Scheme {
     Pool,
 }
 
-/// How pool-mode blocks are shared.
+/// How pool-mode miners are paid.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SharingArg {
     /// Pay per last N = 2·D of work.
     Pplns,
     /// N = 8·D (window ending at the block's share).
     Tides,
+    /// Pay per share, d/D × subsidy × (1 − fee), at once, from the pool reserve.
+    Pps,
+    /// Full pay per share, d/D × (subsidy + mean fees of recent templates) × (1 − fee).
+    Fpps,
 }
 
 /// Flags of `cloudmine serve`.
@@ -106,10 +110,12 @@ pub struct ServeArgs {
     /// Accepted shares allowed to wait for the ledger (while it is down); past it shares are refused.
     #[arg(long, default_value_t = pool::config::LEDGER_BACKLOG_DEFAULT)]
     pub ledger_backlog_max: u64,
-    /// How pool-mode blocks are shared among miners.
+    /// How pool-mode miners are paid: a block split over a window (PPLNS, TIDES) or every share at
+    /// once (PPS, FPPS: the pool reserve carries the variance).
     #[arg(long, value_enum, default_value_t = SharingArg::Pplns)]
     pub sharing: SharingArg,
-    /// Pool fee in parts per million of each block's reward (pool mode; 10000 = 1 %).
+    /// Pool fee in parts per million of each block's reward, or of each share's PPS/FPPS value
+    /// (pool mode; 10000 = 1 %).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub pool_fee_ppm: u32,
     /// Starting share difficulty (vardiff moves it toward ~18 shares/min).
@@ -249,6 +255,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     cfg.sharing = match args.sharing {
         SharingArg::Pplns => pool::config::Sharing::Pplns,
         SharingArg::Tides => pool::config::Sharing::Tides,
+        SharingArg::Pps => pool::config::Sharing::Pps,
+        SharingArg::Fpps => pool::config::Sharing::Fpps,
     };
     cfg.ledger_backlog_max = args.ledger_backlog_max.max(1);
     cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);

@@ -38,7 +38,8 @@ pub enum PlatformAccount {
     Mined,
     /// Pool fees earned.
     Fees,
-    /// The pool's reserve (PPS/FPPS variance, rounding remainders).
+    /// The pool's reserve: PPS/FPPS credits are paid from it and the blocks the pool finds refill it
+    /// (negative: the operator's capital carrying the variance); rounding remainders.
     PoolReserve,
     /// Block rewards not yet matured (the pool's side of users' immature credits).
     CoinbaseInFlight,
@@ -107,9 +108,13 @@ impl Account {
         }
     }
 
-    /// Whether the balance may be negative (only where money enters the books).
+    /// Whether the balance may be negative: where money enters the books (mined coins, and the
+    /// pool reserve, which pays PPS/FPPS credits ahead of the blocks that cover them).
     pub fn allow_negative(&self) -> bool {
-        matches!(self, Account::Platform(PlatformAccount::Mined))
+        matches!(
+            self,
+            Account::Platform(PlatformAccount::Mined | PlatformAccount::PoolReserve)
+        )
     }
 
     /// The stored name: `user/<owner>/available`, `user/<owner>/escrow/<order>`, `platform/fees`, ….

@@ -357,6 +357,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "payouts",
         include_str!("../migrations/sqlite/0003_payouts.sql"),
     ),
+    (
+        4,
+        "pool reserve may go negative",
+        include_str!("../migrations/sqlite/0004_pool_reserve.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -373,6 +378,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "payouts",
         include_str!("../migrations/postgres/0003_payouts.sql"),
+    ),
+    (
+        4,
+        "pool reserve may go negative",
+        include_str!("../migrations/postgres/0004_pool_reserve.sql"),
     ),
 ];
 
@@ -848,6 +858,23 @@ impl Ledger {
             .await
             .map_err(classify)?);
         Ok(id)
+    }
+
+    /// The key of the newest transaction whose key starts with `prefix` (a cursor kept in the keys
+    /// themselves, e.g. the PPS crediting's `pps:<first>-<last>`). `prefix` may not contain `%`,
+    /// `_` or `\\`.
+    pub async fn last_key_with_prefix(&self, prefix: &str) -> Result<Option<String>, LedgerError> {
+        if prefix.is_empty() || prefix.contains(['%', '_', '\\']) {
+            return Err(LedgerError::Tx(crate::model::TxError::Key));
+        }
+        let pattern = format!("{prefix}%");
+        let key: Option<String> = on_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT idem_key FROM ledger_transactions WHERE idem_key LIKE $1 ORDER BY id DESC LIMIT 1")
+            .bind(&pattern)
+            .fetch_optional(pool)
+            .await
+            .map_err(classify)?);
+        Ok(key)
     }
 
     /// The postings of the transaction posted under `key` (account name, msat), in account order.

@@ -14,6 +14,15 @@
 //! exact to the millisatoshi ([`ledger::schemes`]). The transaction's key is `block:<hash>`, so a
 //! restart or a retry never credits a block twice.
 //!
+//! With `--sharing pps|fpps` every share is paid instead, at once ([`credit_shares`]): each batch of
+//! logged shares becomes one transaction `pps:<first id>-<last id>` from `platform/pool-reserve` into
+//! the owners' *available* balances, each share worth `d/D × B × (1−f)` (PPS) or
+//! `d/D × (B + E[F]) × (1−f)` (FPPS) with `D`, `B` and `E[F]` of its job as issued (the share log's
+//! `jobs` rows), and at most one block's reward. The newest `pps:` key is the cursor, so a restart
+//! resumes after the last credited share. The pool's blocks then refill the reserve (`block:<hash>`:
+//! the whole reward from `platform/mined`), which may be negative: the operator's capital carries
+//! the variance, as PPS pools' do.
+//!
 //! Then each credited block is settled ([`settle_block`]): once it is [`COINBASE_MATURITY`] deep
 //! in the best chain, every owner's credit moves from immature to available (`mature:<hash>`); if it
 //! leaves the best chain first, the credit is reversed posting by posting (`orphan:<hash>`).
@@ -270,6 +279,25 @@ pub async fn credit_block(
     if w.bits() > 120 {
         return Err(format!("block {hash}: work out of range"));
     }
+    if sharing.per_share() {
+        // PPS/FPPS: the miners were paid for every share already; the block refills the reserve.
+        let postings = vec![
+            Posting::debit(Account::Platform(PlatformAccount::Mined), reward).map_err(|e| e.to_string())?,
+            Posting::credit(Account::Platform(PlatformAccount::PoolReserve), reward)
+                .map_err(|e| e.to_string())?,
+        ];
+        let tx = Transaction::new(
+            &format!("block:{hash}"),
+            &format!(
+                "block {height}: reward into the pool reserve ({})",
+                sharing.name()
+            ),
+            postings,
+        )
+        .map_err(|e| e.to_string())?;
+        let posted = ledger.post(&tx).await.map_err(|e| e.to_string())?;
+        return Ok(Credit::Posted(posted.id()));
+    }
     let window = w.low_u128() * sharing.window_factor();
     let shares = ledger
         .work_window_upto(SOURCE, share.unsigned_abs(), window)
@@ -345,6 +373,141 @@ async fn credit_blocks(
     Ok(pos)
 }
 
+/// Key prefix of PPS/FPPS credits: `pps:<first share id>-<last share id>`; the newest such key is the
+/// crediting cursor, so a restart resumes after the last credited share and never pays one twice.
+pub const PPS_KEY_PREFIX: &str = "pps:";
+
+/// The last share id PPS/FPPS-credited, from the newest `pps:` key (0 if none).
+pub async fn pps_cursor(ledger: &Ledger) -> Result<i64, String> {
+    let Some(key) = ledger
+        .last_key_with_prefix(PPS_KEY_PREFIX)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(0);
+    };
+    key.strip_prefix(PPS_KEY_PREFIX)
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(_, last)| last.parse::<i64>().ok())
+        .ok_or_else(|| format!("malformed PPS key {key:?}"))
+}
+
+/// PPS/FPPS: credits the shares after share id `after` up to `upto` (at most [`INGEST_BATCH`]) at
+/// once into their owners' available balances, out of `platform/pool-reserve`. Each share's value
+/// is `d/D × (B [+ E[F]]) × (1−f)` with `d` its assigned difficulty, and `D`, `B` and `E[F]` those of
+/// its job as issued (the share log's `jobs` row), so a credit is a pure function of logged data. A
+/// share assigned more than the network difficulty counts as `D` (it is worth at most one block).
+/// Exact to the msat per (owner, job basis) in a batch: work is summed exactly before the one
+/// division; the sub-msat remainders stay in the reserve. Shares without a job row (logged by
+/// versions before job rows existed) are not credited, and counted in the memo. Returns
+/// (shares read, new cursor).
+pub async fn credit_shares(
+    log: &SqlitePool,
+    ledger: &Ledger,
+    rule: Rule,
+    after: i64,
+    upto: i64,
+) -> Result<(usize, i64), String> {
+    use ledger::schemes::pps_credit;
+    let rows = sqlx::query(
+        "SELECT s.id, s.address, s.diff_int, s.diff_frac, j.bits, j.subsidy_sat, j.expected_fees_sat \
+         FROM shares s LEFT JOIN jobs j ON j.job_id = s.job_id WHERE s.id > ? AND s.id <= ? ORDER BY s.id LIMIT ?",
+    )
+    .bind(after)
+    .bind(upto)
+    .bind(INGEST_BATCH)
+    .fetch_all(log)
+    .await
+    .map_err(|e| format!("share log: {e}"))?;
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Ok((0, after));
+    };
+    let id_of = |r: &sqlx::sqlite::SqliteRow| r.try_get::<i64, _>(0).map_err(|e| e.to_string());
+    let (first, last) = (id_of(first)?, id_of(last)?);
+    // (owner, bits, reward msat) → Σ work: one exact division per group.
+    let mut groups: BTreeMap<(String, u32, u64), u128> = BTreeMap::new();
+    let mut block_works: std::collections::HashMap<u32, u128> = std::collections::HashMap::new();
+    let mut unpriced = 0usize;
+    for r in &rows {
+        let owner: String = r.try_get(1).map_err(|e| e.to_string())?;
+        let int: i64 = r.try_get(2).map_err(|e| e.to_string())?;
+        let frac: i64 = r.try_get(3).map_err(|e| e.to_string())?;
+        let bits: Option<i64> = r.try_get(4).map_err(|e| e.to_string())?;
+        let subsidy: Option<i64> = r.try_get(5).map_err(|e| e.to_string())?;
+        let expected: Option<i64> = r.try_get(6).map_err(|e| e.to_string())?;
+        let (Some(bits), Some(subsidy), Some(expected)) = (bits, subsidy, expected) else {
+            unpriced += 1;
+            continue;
+        };
+        let basis_sat = match rule.sharing {
+            crate::config::Sharing::Fpps => subsidy.saturating_add(expected),
+            _ => subsidy,
+        };
+        let reward = u64::try_from(basis_sat)
+            .ok()
+            .and_then(|s| s.checked_mul(1000))
+            .ok_or_else(|| format!("share {}: reward out of range", id_of(r).unwrap_or(0)))?;
+        let bits = u32::try_from(bits).map_err(|_| "bits out of range".to_string())?;
+        let block = match block_works.get(&bits) {
+            Some(w) => *w,
+            None => {
+                let target = units::Target::from_compact(bits).map_err(|e| e.to_string())?;
+                let w = block_work(target).map_err(|e| e.to_string())?;
+                if w.bits() > 127 {
+                    return Err(format!("bits {bits:08x}: block work out of range"));
+                }
+                block_works.insert(bits, w.low_u128());
+                w.low_u128()
+            }
+        };
+        // A share is worth at most one block: work above the network's counts as the block's.
+        let work = ((u128::from(int.unsigned_abs()) << 32) | u128::from(frac.unsigned_abs())).min(block);
+        let g = groups.entry((owner, bits, reward)).or_insert(0);
+        *g = g.checked_add(work).ok_or("work overflow")?;
+    }
+    let mut by_owner: BTreeMap<String, u64> = BTreeMap::new();
+    for ((owner, bits, reward), work) in groups {
+        let w = units::U256::from_u128(block_works.get(&bits).copied().ok_or("block work missing")?);
+        let reward = units::MilliSats::new(reward).map_err(|e| e.to_string())?;
+        let c =
+            pps_credit(reward, rule.fee_ppm, units::Work::from_hashes(work), w).map_err(|e| e.to_string())?;
+        let o = by_owner.entry(owner).or_insert(0);
+        *o = o.checked_add(c.to_msat()).ok_or("credit overflow")?;
+    }
+    let total: u64 = by_owner
+        .values()
+        .try_fold(0u64, |a, v| a.checked_add(*v))
+        .ok_or("credit overflow")?;
+    if total == 0 {
+        // Nothing to pay (no priced share, or every value below 1 msat): nothing to post.
+        return Ok((rows.len(), last));
+    }
+    let msat = |v: u64| units::MilliSats::new(v).map_err(|e| e.to_string());
+    let mut postings = vec![
+        Posting::debit(Account::Platform(PlatformAccount::PoolReserve), msat(total)?)
+            .map_err(|e| e.to_string())?,
+    ];
+    for (owner, c) in by_owner {
+        if c > 0 {
+            postings.push(Posting::credit(Account::available(&owner), msat(c)?).map_err(|e| e.to_string())?);
+        }
+    }
+    let memo = format!(
+        "{} for shares {first}..={last}, fee {} ppm{}",
+        rule.sharing.name(),
+        rule.fee_ppm,
+        if unpriced > 0 {
+            format!(", {unpriced} shares without a job row not credited")
+        } else {
+            String::new()
+        }
+    );
+    let tx = Transaction::new(&format!("{PPS_KEY_PREFIX}{first}-{last}"), &memo, postings)
+        .map_err(|e| e.to_string())?;
+    ledger.post(&tx).await.map_err(|e| e.to_string())?;
+    Ok((rows.len(), last))
+}
+
 /// Runs until `token` is cancelled. `rule`: credit blocks by it (pool mode); `None` (SOLO) only
 /// copies the work.
 pub async fn ingest_loop(
@@ -362,6 +525,8 @@ pub async fn ingest_loop(
     let mut last_settle = std::time::Instant::now();
     let mut settled_tip = u32::MAX;
     let mut backoff = INGEST_IDLE;
+    // PPS/FPPS: the last share credited (None: read it from the ledger's newest `pps:` key).
+    let mut pps_after: Option<i64> = None;
     loop {
         let step = async {
             let from = match after {
@@ -377,6 +542,16 @@ pub async fn ingest_loop(
                 .fetch_one(&log)
                 .await
                 .map_err(|e| e.to_string())?;
+            let mut n = n;
+            if let Some(rule) = rule.filter(|r| r.sharing.per_share()) {
+                let from = match pps_after {
+                    Some(a) => a,
+                    None => pps_cursor(&ledger).await?,
+                };
+                let (read, to) = credit_shares(&log, &ledger, rule, from, last).await?;
+                pps_after = Some(to);
+                n = n.max(read);
+            }
             if let Some(rule) = rule {
                 blocks_after = credit_blocks(&log, &ledger, rule, blocks_after, last).await?;
                 // Settling asks the chain about every pending block: at most every SETTLE_EVERY,
@@ -405,6 +580,7 @@ pub async fn ingest_loop(
             }
             Err(e) => {
                 after = None; // re-read the high-water mark: the ledger is the truth
+                pps_after = None;
                 tracing::warn!(error = %e, retry_in = ?backoff, "ledger ingest failed; shares stay in the share log and will be copied later");
                 let w = backoff;
                 backoff = (backoff * 2).min(INGEST_RETRY_MAX);

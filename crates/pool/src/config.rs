@@ -32,8 +32,7 @@ pub const PPLNS_WINDOW_FACTOR: u128 = 2;
 /// TIDES window in multiples of the block's work (product.md: `N = 8·D`).
 pub const TIDES_WINDOW_FACTOR: u128 = 8;
 
-/// How a pool-mode block is shared among miners (product.md). PPS/FPPS exist as formulas in
-/// `ledger::schemes` but are not wired into the pool yet.
+/// How a pool-mode pool pays its miners (product.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Sharing {
     /// Pay per last N shares, `N = 2·D`.
@@ -41,21 +40,33 @@ pub enum Sharing {
     Pplns,
     /// PPLNS with `N = 8·D`. The window ends at the block's own share (not fixed at job issue).
     Tides,
+    /// Pay per share: `d/D × B × (1−f)` per accepted share, at once, from the pool reserve; the
+    /// pool's blocks refill the reserve.
+    Pps,
+    /// Full pay per share: `d/D × (B + E[F]) × (1−f)`, `E[F]` the mean fees of recent templates.
+    Fpps,
 }
 
 impl Sharing {
-    /// The window in multiples of the block's work.
+    /// The window in multiples of the block's work (PPLNS/TIDES; per-share schemes have none).
     pub fn window_factor(self) -> u128 {
         match self {
             Sharing::Pplns => PPLNS_WINDOW_FACTOR,
             Sharing::Tides => TIDES_WINDOW_FACTOR,
+            Sharing::Pps | Sharing::Fpps => 0,
         }
+    }
+    /// Whether every share is paid at once (PPS, FPPS) rather than blocks split over a window.
+    pub fn per_share(self) -> bool {
+        matches!(self, Sharing::Pps | Sharing::Fpps)
     }
     /// Name for memos and logs.
     pub fn name(self) -> &'static str {
         match self {
             Sharing::Pplns => "PPLNS",
             Sharing::Tides => "TIDES",
+            Sharing::Pps => "PPS",
+            Sharing::Fpps => "FPPS",
         }
     }
 }

@@ -34,6 +34,8 @@ use tokio_util::task::TaskTracker;
 
 /// Bytes read from a socket at once; also bounds how many pipelined requests wait unprocessed.
 pub const READ_CHUNK_BYTES: usize = 4096;
+/// Heights whose template fees make FPPS's `E[F]` (about a day of mainnet blocks).
+pub const FEE_HISTORY_HEIGHTS: usize = 144;
 /// How often connections run their vardiff check.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -52,6 +54,9 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     bans: Mutex<HashMap<IpAddr, Instant>>,
     next_en1: AtomicU32,
+    /// Recent templates' fees, (height, sat) with the newest value per height, at most
+    /// [`FEE_HISTORY_HEIGHTS`]: FPPS's `E[F]`.
+    fee_history: Mutex<VecDeque<(u32, i64)>>,
     /// Each live connection's control mailbox, by its extranonce1.
     mailboxes: Mutex<HashMap<[u8; 4], Arc<Mailbox>>>,
     /// The ledger, once [`Pool::feed_ledger`] connected one (read by the HTTP API).
@@ -107,6 +112,12 @@ impl Pool {
     ) -> std::io::Result<Pool> {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
+        // Job numbers stay unique across restarts: the share log's jobs and shares refer to them.
+        let logged = log
+            .max_job_id()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        crate::jobs::NEXT_JOB_ID.fetch_max(logged.saturating_add(1), Ordering::Relaxed);
         let (jobs_tx, jobs_rx) = watch::channel(Arc::new(JobSet::default()));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -121,6 +132,7 @@ impl Pool {
             // Start from a random point so restarts do not reuse extranonce1 values.
             next_en1: AtomicU32::new(rand_u32()),
             mailboxes: Mutex::new(HashMap::new()),
+            fee_history: Mutex::new(VecDeque::new()),
             ledger: std::sync::OnceLock::new(),
         });
         refresh_once(&shared, &jobs_tx, true).await;
@@ -263,6 +275,44 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
                 now,
             ));
             tracing::debug!(job = job.id, height = job.template.height, clean, "new job");
+            // Its row goes into the share log queue before any connection can see the job.
+            let fees = i64::try_from(job.template.fees().to_sat()).unwrap_or(i64::MAX);
+            let subsidy = job
+                .template
+                .coinbase_value
+                .to_sat()
+                .saturating_sub(job.template.fees().to_sat());
+            let expected = {
+                let mut h = shared.fee_history.lock().unwrap_or_else(|p| p.into_inner());
+                let height = job.template.height;
+                let older: Vec<i64> = h.iter().filter(|(x, _)| *x < height).map(|(_, f)| *f).collect();
+                let mean = if older.is_empty() {
+                    0
+                } else {
+                    older.iter().sum::<i64>() / older.len() as i64
+                };
+                match h.back_mut() {
+                    Some((x, f)) if *x == height => *f = fees,
+                    _ => h.push_back((height, fees)),
+                }
+                while h.len() > FEE_HISTORY_HEIGHTS {
+                    h.pop_front();
+                }
+                mean
+            };
+            let rec = crate::share_log::JobRecord {
+                job_id: i64::try_from(job.id).unwrap_or(i64::MAX),
+                ts_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+                height: i64::from(job.template.height),
+                bits: job.template.bits,
+                subsidy_sat: i64::try_from(subsidy).unwrap_or(i64::MAX),
+                fees_sat: fees,
+                expected_fees_sat: expected,
+            };
+            if let Err(e) = shared.log.enqueue_job(rec).await {
+                tracing::error!(error = %e, "job not recorded; not issued");
+                return;
+            }
             if clean {
                 shared.stats.clean_published(job.id);
             }

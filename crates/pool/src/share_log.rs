@@ -69,9 +69,30 @@ pub struct BlockRecord {
     pub fate: String,
 }
 
+/// A job as issued: what a PPS/FPPS credit for its shares is computed from (written once per job,
+/// before any share of it can be acknowledged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    /// Global job number (the shares' `job_id`).
+    pub job_id: i64,
+    /// When issued (unix ms).
+    pub ts_ms: i64,
+    /// Height of the block the job builds.
+    pub height: i64,
+    /// Its nbits (the network target the share is measured against).
+    pub bits: u32,
+    /// Block subsidy `B` (the template's coinbase value minus its fees), sat.
+    pub subsidy_sat: i64,
+    /// The template's fees, sat.
+    pub fees_sat: i64,
+    /// `E[F]` for FPPS at issue: the mean fees of recent templates, sat.
+    pub expected_fees_sat: i64,
+}
+
 enum Record {
     Share(ShareRecord),
     Block(BlockRecord),
+    Job(JobRecord),
 }
 
 /// Why a record could not be made durable.
@@ -105,6 +126,15 @@ const SCHEMA: &[&str] = &[
     "DROP INDEX IF EXISTS shares_address_ts",
     // Accounting finds a block's own share by its header; only block shares are indexed.
     "CREATE INDEX IF NOT EXISTS shares_block_header ON shares(header) WHERE is_block = 1",
+    // One row per issued job; job ids stay unique across restarts (the counter resumes above them).
+    "CREATE TABLE IF NOT EXISTS jobs (
+        job_id INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        height INTEGER NOT NULL CHECK (height >= 0),
+        bits INTEGER NOT NULL CHECK (bits >= 0 AND bits < 4294967296),
+        subsidy_sat INTEGER NOT NULL CHECK (subsidy_sat >= 0),
+        fees_sat INTEGER NOT NULL CHECK (fees_sat >= 0),
+        expected_fees_sat INTEGER NOT NULL CHECK (expected_fees_sat >= 0))",
     "CREATE TABLE IF NOT EXISTS blocks (
         id INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
@@ -156,6 +186,36 @@ impl ShareLog {
             .await
             .map_err(|_| LogError("writer stopped".into()))?;
         Ok(Committed(done))
+    }
+
+    /// Queues a job's row without waiting: every share of the job is queued after it (the job is
+    /// published only once this returns) and the single writer commits in queue order, so a share
+    /// is never durable before its job; a job row whose commit failed is retried with the next batch.
+    pub async fn enqueue_job(&self, r: JobRecord) -> Result<(), LogError> {
+        let (ack, _done) = oneshot::channel();
+        self.tx
+            .send((Record::Job(r), ack))
+            .await
+            .map_err(|_| LogError("writer stopped".into()))
+    }
+
+    /// The highest job number logged (0 if none): new job numbers start above it, so they are
+    /// unique across restarts. Logs from before the jobs table are read once from the shares.
+    pub async fn max_job_id(&self) -> Result<u64, LogError> {
+        let err = |e: sqlx::Error| LogError(e.to_string());
+        let jobs: Option<i64> = sqlx::query_scalar("SELECT MAX(job_id) FROM jobs")
+            .fetch_one(&self.db)
+            .await
+            .map_err(err)?;
+        let max = match jobs {
+            Some(j) => j,
+            None => sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(job_id) FROM shares")
+                .fetch_one(&self.db)
+                .await
+                .map_err(err)?
+                .unwrap_or(0),
+        };
+        Ok(max.unsigned_abs())
     }
 
     /// Appends a block and waits until it is committed.
@@ -220,6 +280,7 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
     // One connection for every commit: its prepared statements stay cached (a pool would rotate
     // the writer over its connections, each with a cold cache and its own worker thread).
     let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>> = None;
+    let mut retry_jobs: Vec<JobRecord> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < BATCH_MAX {
@@ -227,6 +288,14 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
                 Ok(r) => batch.push(r),
                 Err(_) => break,
             }
+        }
+        // Job rows of a failed commit go first in this one (nobody waits for them).
+        if !retry_jobs.is_empty() {
+            let retried: Vec<_> = retry_jobs
+                .drain(..)
+                .map(|j| (Record::Job(j), oneshot::channel().0))
+                .collect();
+            batch.splice(0..0, retried);
         }
         let res = match conn.as_mut() {
             Some(c) => commit(c, &batch).await,
@@ -239,6 +308,10 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
             tracing::error!(error = %e, records = batch.len(), "share log commit failed; nothing in this batch was acknowledged");
             // Start the next commit on a fresh connection.
             conn = None;
+            retry_jobs.extend(batch.iter().filter_map(|(r, _)| match r {
+                Record::Job(j) => Some(j.clone()),
+                _ => None,
+            }));
         }
         for (_, ack) in batch.drain(..) {
             let _ = ack.send(res.clone());
@@ -259,8 +332,10 @@ async fn commit(
     let err = |e: sqlx::Error| LogError(e.to_string());
     let mut shares = Vec::with_capacity(batch.len());
     let mut blocks = Vec::new();
+    let mut jobs = Vec::new();
     for (r, _) in batch {
         match r {
+            Record::Job(j) => jobs.push(j),
             Record::Share(s) => {
                 let p = s.difficulty.to_fixed();
                 let int = i64::try_from(p >> 32).map_err(|_| LogError("difficulty too large".into()))?;
@@ -271,6 +346,22 @@ async fn commit(
         }
     }
     let mut tx = conn.begin().await.map_err(err)?;
+    for j in jobs {
+        sqlx::query(
+            "INSERT INTO jobs (job_id, ts_ms, height, bits, subsidy_sat, fees_sat, expected_fees_sat) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(j.job_id)
+        .bind(j.ts_ms)
+        .bind(j.height)
+        .bind(i64::from(j.bits))
+        .bind(j.subsidy_sat)
+        .bind(j.fees_sat)
+        .bind(j.expected_fees_sat)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    }
     for chunk in shares.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO shares (ts_ms, address, worker, job_id, diff_int, diff_frac, extranonce1, extranonce2, header, is_block) ",

@@ -703,3 +703,107 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
     assert_eq!(fees, total / 50, "2 % of 50 BTC per block, exactly");
     eprintln!("pool mode, two cloudmine mine processes: {credited} blocks credited PPLNS: alice {a}, bob {b}, fees {fees} msat; ledger verify ok");
 }
+
+#[test]
+fn two_miners_in_pps_mode_are_paid_per_share_at_once_and_the_books_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = |b: u8| {
+        bitcoin::Address::p2wsh(
+            &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]),
+            bitcoin::Network::Regtest,
+        )
+        .to_string()
+    };
+    let (pool_addr, alice, bob) = (addr(9), addr(1), addr(2));
+    let (served, stratum) = super::serve_with(
+        dir.path(),
+        "127.0.0.1:0",
+        DIFF,
+        true,
+        &[
+            "--payout-scheme",
+            "pool",
+            "--pool-address",
+            &pool_addr,
+            "--sharing",
+            "pps",
+            "--pool-fee-ppm",
+            "20000",
+        ],
+    );
+    let pool_url = format!("stratum+tcp://{stratum}");
+    let ma = mine(&["-o", &pool_url, "-u", &format!("{alice}.a")]);
+    let mb = mine(&["-o", &pool_url, "-u", &format!("{bob}.b")]);
+    // PPS pays every share at once: both available balances grow without waiting for any block.
+    let ledger_url = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(l) = ledger::Ledger::open(&ledger_url).await {
+                let a = l.balance(&ledger::Account::available(&alice)).await.unwrap_or(0);
+                let b = l.balance(&ledger::Account::available(&bob)).await.unwrap_or(0);
+                l.close().await;
+                if a > 0 && b > 0 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no PPS credits for both miners within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let (ea, eb) = (ma.stop(), mb.stop());
+    assert!(rejects(&ea).is_empty() && rejects(&eb).is_empty());
+    // Let accounting credit every logged share, then stop serve before reading the books.
+    rt.block_on(async {
+        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+            .await
+            .unwrap();
+        let (max_id,): (i64,) = sqlx::query_as("SELECT MAX(id) FROM shares")
+            .fetch_one(log.db())
+            .await
+            .unwrap();
+        let l = ledger::Ledger::open(&ledger_url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pool::accounting::pps_cursor(&l).await.unwrap() < max_id {
+            assert!(Instant::now() < deadline, "PPS crediting stalled");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        l.close().await;
+    });
+    drop(served);
+    let cli = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+            .arg("ledger")
+            .args(args)
+            .args(["--json", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    assert_eq!(cli(&["verify"])["ok"], true);
+    let available = |who: &str| {
+        cli(&["balance", who])["balances_msat"][format!("user/{who}/available")]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    let (a, b) = (available(&alice), available(&bob));
+    let reserve = cli(&["balance", "platform/pool-reserve"])["balances_msat"]["platform/pool-reserve"]
+        .as_i64()
+        .unwrap_or(0);
+    let mined = -cli(&["balance", "platform/mined"])["balances_msat"]["platform/mined"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(a > 0 && b > 0, "alice {a}, bob {b}");
+    assert_eq!(
+        a + b + reserve,
+        mined,
+        "paid per share + reserve = mined, to the msat"
+    );
+    eprintln!("PPS, two cloudmine mine processes: alice {a}, bob {b} msat available; reserve {reserve}, mined {mined}; ledger verify ok");
+}

@@ -367,3 +367,41 @@ async fn work_is_ingested_once_and_read_back_as_a_window() {
         assert!(l.ingest_work("pool", &[rec(9, "a", 1u128 << 127)]).await.is_err());
     }
 }
+
+#[tokio::test]
+async fn the_pool_reserve_may_carry_pps_ahead_of_blocks_and_keys_are_a_cursor() {
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        let reserve = Account::Platform(PlatformAccount::PoolReserve);
+        assert_eq!(l.last_key_with_prefix("pps:").await.unwrap(), None, "{backend}");
+        // PPS pays before any block: the reserve goes negative (the operator's capital).
+        for (k, n) in [("pps:1-10", 700u64), ("pps:11-12", 50)] {
+            let t = Transaction::transfer(k, "PPS", reserve.clone(), Account::available("alice"), msat(n))
+                .unwrap();
+            l.post(&t).await.unwrap();
+        }
+        l.post(&mint("block:x", "bob", 5)).await.unwrap();
+        assert_eq!(l.balance(&reserve).await.unwrap(), -750, "{backend}");
+        assert_eq!(
+            l.last_key_with_prefix("pps:").await.unwrap().as_deref(),
+            Some("pps:11-12"),
+            "{backend}: the newest key with the prefix, not the newest transaction"
+        );
+        // A block refills it.
+        let refill =
+            Transaction::transfer("block:y", "refill", mined(), reserve.clone(), msat(1000)).unwrap();
+        l.post(&refill).await.unwrap();
+        assert_eq!(l.balance(&reserve).await.unwrap(), 250);
+        assert!(l.verify().await.unwrap().problems.is_empty(), "{backend}");
+        // A user balance still may not.
+        let t = Transaction::transfer("x", "", Account::available("bob"), reserve.clone(), msat(6)).unwrap();
+        assert!(matches!(
+            l.post(&t).await,
+            Err(LedgerError::InsufficientFunds { .. })
+        ));
+        assert!(
+            l.last_key_with_prefix("pps%").await.is_err(),
+            "{backend}: LIKE wildcards refused"
+        );
+    }
+}

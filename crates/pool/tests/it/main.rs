@@ -909,3 +909,249 @@ async fn set_extranonce_moves_a_subscribed_miner_and_reconnects_the_others() {
     assert_eq!(verdict(&a.submit(json!(6), &p).await), Ok(()));
     h.pool.shutdown().await;
 }
+
+/// What a PPS/FPPS batch should pay, recomputed from the share log with plain u128 arithmetic:
+/// per (owner, bits, reward) the exact Σ work, then floor(R · (10^6 − f) · Σw / (W · 10^6)).
+async fn pps_expected(
+    db: &sqlx::SqlitePool,
+    first: i64,
+    last: i64,
+    fee_ppm: u128,
+    fpps: bool,
+) -> std::collections::BTreeMap<String, u128> {
+    let rows = sqlx::query_as::<_, (String, i64, i64, i64, i64, i64)>(
+        "SELECT s.address, s.diff_int, s.diff_frac, j.bits, j.subsidy_sat, j.expected_fees_sat \
+         FROM shares s JOIN jobs j ON j.job_id = s.job_id WHERE s.id BETWEEN ? AND ?",
+    )
+    .bind(first)
+    .bind(last)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let block_work = |bits: i64| {
+        let target = units::Target::from_compact(bits as u32).unwrap();
+        ledger::schemes::block_work(target).unwrap().low_u128()
+    };
+    let mut groups = std::collections::BTreeMap::<(String, i64, i64), u128>::new();
+    for (owner, int, frac, bits, subsidy, fees) in rows {
+        let reward = (subsidy + if fpps { fees } else { 0 }) as u128 * 1000;
+        // a share counts at most one block's work
+        let work = ((int as u128) << 32 | frac as u128).min(block_work(bits));
+        *groups.entry((owner, bits, reward as i64)).or_default() += work;
+    }
+    let mut want = std::collections::BTreeMap::<String, u128>::new();
+    for ((owner, bits, reward), work) in groups {
+        let w = block_work(bits);
+        *want.entry(owner).or_default() += reward as u128 * (1_000_000 - fee_ppm) * work / (w * 1_000_000);
+    }
+    want.retain(|_, v| *v > 0);
+    want
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_mode_pps_pays_every_share_at_once_exactly() {
+    use ledger::{Account, Ledger, PlatformAccount};
+    let script = |b: u8| bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]);
+    let addr = |b: u8| bitcoin::Address::p2wsh(&script(b), Network::Regtest).to_string();
+    let (alice, bob) = (addr(1), addr(2));
+    let pool_script = bitcoin::Address::p2wsh(&script(9), Network::Regtest).script_pubkey();
+    let h = harness(|c| {
+        c.payout = PayoutScheme::Pool(pool_script);
+        c.sharing = pool::config::Sharing::Pps;
+        c.fee_ppm = 20_000; // 2 %
+        c.initial_difficulty = Difficulty::MIN;
+    })
+    .await;
+    let l = std::sync::Arc::new(
+        Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
+            .await
+            .unwrap(),
+    );
+    h.pool.feed_ledger(l.clone());
+    let mut m1 = Miner::connect(h.pool.local_addr()).await;
+    let mut m2 = Miner::connect(h.pool.local_addr()).await;
+    m1.handshake(&format!("{alice}.a")).await;
+    m2.handshake(&format!("{bob}.b")).await;
+    let mut accepted = 0;
+    for round in 0..30 {
+        let (m, user) = if round % 3 == 0 {
+            (&mut m2, format!("{bob}.b"))
+        } else {
+            (&mut m1, format!("{alice}.a"))
+        };
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {}
+        let (p, _) = m.find_share(&user, false);
+        match verdict(&m.submit(json!(100 + round), &p).await) {
+            Ok(()) => accepted += 1,
+            Err(e) => assert_eq!(e, "Job not found", "only a block race may make a share stale"),
+        }
+    }
+    assert!(accepted >= 10, "{accepted} shares accepted");
+    // Every logged share credited: the PPS cursor reaches the newest share.
+    let db = h.pool.log().db().clone();
+    let (max_id,): (i64,) = sqlx::query_as("SELECT MAX(id) FROM shares")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pool::accounting::pps_cursor(&l).await.unwrap() < max_id {
+        assert!(std::time::Instant::now() < deadline, "PPS crediting stalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let blocks: Vec<(String, String)> = h.pool.log().blocks().await.unwrap();
+    let accepted_blocks: Vec<&String> = blocks
+        .iter()
+        .filter(|(_, f)| f == "accepted")
+        .map(|(x, _)| x)
+        .collect();
+    let mined = Account::Platform(PlatformAccount::Mined);
+    while l.history(&mined, 1000).await.unwrap().len() < accepted_blocks.len() {
+        assert!(std::time::Instant::now() < deadline, "blocks not credited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.pool.shutdown().await; // nothing moves while the books are read
+                             // Each PPS transaction pays exactly what the shares of its range are worth.
+    let reserve = Account::Platform(PlatformAccount::PoolReserve);
+    let mut paid = std::collections::BTreeMap::<String, u128>::new();
+    let mut credited_to = 0;
+    let mut pps_total = 0i64;
+    let mut refills = 0i64;
+    for line in l.history(&reserve, 10_000).await.unwrap().iter().rev() {
+        if let Some(range) = line.key.strip_prefix("pps:") {
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(a, credited_to + 1, "ranges are contiguous: {}", line.key);
+            credited_to = b;
+            let want = pps_expected(&db, a, b, 20_000, false).await;
+            let mut got = std::collections::BTreeMap::<String, u128>::new();
+            for (name, msat) in l.postings_of(&line.key).await.unwrap() {
+                if let Some(owner) = name
+                    .strip_prefix("user/")
+                    .and_then(|n| n.strip_suffix("/available"))
+                {
+                    got.insert(owner.to_string(), msat as u128);
+                }
+            }
+            assert_eq!(got, want, "{}", line.key);
+            for (o, v) in got {
+                *paid.entry(o).or_default() += v;
+            }
+            pps_total += -line.msat;
+        } else {
+            assert!(line.key.starts_with("block:"), "{}", line.key);
+            assert_eq!(
+                line.msat, 5_000_000_000_000,
+                "a block's whole reward refills the reserve"
+            );
+            refills += line.msat;
+        }
+    }
+    assert_eq!(credited_to, max_id, "every share credited once");
+    let a = l.balance(&Account::available(&alice)).await.unwrap();
+    let b = l.balance(&Account::available(&bob)).await.unwrap();
+    assert!(a > 0 && b > 0, "both paid at once: alice {a}, bob {b}");
+    assert_eq!(a as u128, paid[&alice]);
+    assert_eq!(b as u128, paid[&bob]);
+    assert_eq!(a + b, pps_total);
+    assert_eq!(l.balance(&reserve).await.unwrap(), refills - pps_total);
+    assert_eq!(refills, -l.balance(&mined).await.unwrap());
+    assert!(l.verify().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fpps_prices_each_share_by_its_job_and_never_pays_twice() {
+    use ledger::{Account, Ledger, PlatformAccount};
+    use pool::share_log::{JobRecord, ShareLog, ShareRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _w) = ShareLog::open(&dir.path().join("pool.sqlite")).await.unwrap();
+    let l = Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
+        .await
+        .unwrap();
+    // Two jobs, B = 3.125 BTC: difficulty-1 bits with E[F] = 0.2 BTC, and difficulty-16307 bits with
+    // E[F] = 0.35 BTC. Shares of difficulty 1, 2.5 and 5 (above D = 1: count as 1) and 1024 for two
+    // owners, and one share whose job was never logged (an older version's share): not credited.
+    for (job, fees, bits) in [(7i64, 20_000_000i64, 0x1d00ffffu32), (8, 35_000_000, 0x1b0404cb)] {
+        log.enqueue_job(JobRecord {
+            job_id: job,
+            ts_ms: 1,
+            height: 900_000,
+            bits,
+            subsidy_sat: 312_500_000,
+            fees_sat: 0,
+            expected_fees_sat: fees,
+        })
+        .await
+        .unwrap();
+    }
+    let share = |owner: &str, job: i64, d: f64| ShareRecord {
+        ts_ms: 2,
+        address: owner.into(),
+        worker: "w".into(),
+        job_id: job,
+        difficulty: Difficulty::from_f64(d).unwrap(),
+        extranonce1: vec![0; 4],
+        extranonce2: vec![0; 4],
+        header: [0; 80],
+        is_block: false,
+    };
+    for (o, j, d) in [
+        ("alice", 7, 1.0),
+        ("bob", 7, 2.5),
+        ("alice", 8, 1024.0),
+        ("bob", 99, 5.0),
+        ("alice", 7, 1.0),
+        ("bob", 7, 5.0),
+    ] {
+        log.append_share(share(o, j, d)).await.unwrap();
+    }
+    let rule = pool::accounting::Rule {
+        sharing: pool::config::Sharing::Fpps,
+        fee_ppm: 0,
+    };
+    let db = log.db().clone();
+    let (read, to) = pool::accounting::credit_shares(&db, &l, rule, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!((read, to), (6, 6));
+    assert_eq!(pool::accounting::pps_cursor(&l).await.unwrap(), 6);
+    let want = pps_expected(&db, 1, 6, 0, true).await;
+    // By hand: W(0x1d00ffff) = 4295032833 hashes (difficulty 1), W(0x1b0404cb) from its target.
+    let w7: u128 = 4_295_032_833;
+    let w8 = ledger::schemes::block_work(units::Target::from_compact(0x1b0404cb).unwrap())
+        .unwrap()
+        .low_u128();
+    assert!(w8 / w7 == 16_307, "difficulty 16307");
+    let d1 = 1u128 << 32;
+    let alice = 332_500_000_000 * (2 * d1) / w7 + 347_500_000_000 * (1024 * d1) / w8;
+    let bob = 2 * 332_500_000_000; // d 2.5 and d 5 are both above D = 1: each counts as one block
+    assert_eq!(want["alice"], alice);
+    assert_eq!(want["bob"], bob);
+    assert_eq!(
+        l.balance(&Account::available("alice")).await.unwrap() as u128,
+        alice
+    );
+    assert_eq!(
+        l.balance(&Account::available("bob")).await.unwrap() as u128,
+        want["bob"]
+    );
+    let memo = &l.history(&Account::available("bob"), 10).await.unwrap()[0].memo;
+    assert!(memo.contains("1 shares without a job row not credited"), "{memo}");
+    // The same range again (a retry after a crash before the cursor moved): a no-op.
+    pool::accounting::credit_shares(&db, &l, rule, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        l.balance(&Account::available("alice")).await.unwrap() as u128,
+        alice
+    );
+    let reserve = l
+        .balance(&Account::Platform(PlatformAccount::PoolReserve))
+        .await
+        .unwrap();
+    assert_eq!(
+        reserve,
+        -i64::try_from(alice + want["bob"]).unwrap(),
+        "the reserve carries what blocks have not yet covered"
+    );
+    assert!(l.verify().await.unwrap().problems.is_empty());
+}
