@@ -1,7 +1,8 @@
 //! Helpers for integration tests: [`Miner`], a Stratum test miner over real loopback TCP that hashes
 //! for real with `mining-core` and speaks through the `stratum` crate's client half. It panics on any
 //! protocol surprise, which is what a test wants. (The production miner is `cloudmine mine`.)
-//! And [`fresh_databases`]: an empty ledger database per backend.
+//! And [`fresh_databases`]: an empty ledger database per backend; [`pps_expected`]: what PPS/FPPS
+//! should have paid for a range of logged shares, recomputed independently.
 
 use mining_core::{BatchHasher, ShareInput};
 use serde_json::{json, Value};
@@ -234,4 +235,47 @@ pub async fn fresh_databases() -> Vec<(&'static str, String, Option<tempfile::Te
         }
     }
     out
+}
+
+/// What a PPS/FPPS batch of the share log (`first..=last`) should pay each owner, recomputed with
+/// rust-bitcoin's block work and plain u128 arithmetic: per (owner, bits, reward) the exact Σ work
+/// (a share counting at most one block's work), then `floor(R · (10^6 − f) · Σw / (W · 10^6))`.
+/// Owners owed nothing are left out.
+pub async fn pps_expected(
+    db: &sqlx::SqlitePool,
+    first: i64,
+    last: i64,
+    fee_ppm: u128,
+    fpps: bool,
+) -> std::collections::BTreeMap<String, u128> {
+    let rows = sqlx::query_as::<_, (String, i64, i64, i64, i64, i64)>(
+        "SELECT s.address, s.diff_int, s.diff_frac, j.bits, j.subsidy_sat, j.expected_fees_sat \
+         FROM shares s JOIN jobs j ON j.job_id = s.job_id WHERE s.id BETWEEN ? AND ?",
+    )
+    .bind(first)
+    .bind(last)
+    .fetch_all(db)
+    .await
+    .expect("share log");
+    let block_work = |bits: i64| {
+        let bits = u32::try_from(bits).expect("bits");
+        let work = bitcoin::Target::from_compact(bitcoin::CompactTarget::from_consensus(bits)).to_work();
+        let le = work.to_le_bytes();
+        assert!(le[16..].iter().all(|b| *b == 0), "block work above 2^128");
+        u128::from_le_bytes(le[..16].try_into().expect("16 bytes"))
+    };
+    let mut groups = std::collections::BTreeMap::<(String, i64, u128), u128>::new();
+    for (owner, int, frac, bits, subsidy, fees) in rows {
+        let reward = u128::try_from(subsidy + if fpps { fees } else { 0 }).expect("reward") * 1000;
+        let work = (u128::try_from(int).expect("int") << 32 | u128::try_from(frac).expect("frac"))
+            .min(block_work(bits));
+        *groups.entry((owner, bits, reward)).or_default() += work;
+    }
+    let mut want = std::collections::BTreeMap::<String, u128>::new();
+    for ((owner, bits, reward), work) in groups {
+        *want.entry(owner).or_default() +=
+            reward * (1_000_000 - fee_ppm) * work / (block_work(bits) * 1_000_000);
+    }
+    want.retain(|_, v| *v > 0);
+    want
 }

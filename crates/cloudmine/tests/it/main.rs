@@ -233,21 +233,43 @@ fn serve_with(
     (proc, addr.parse().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_serve_under_load_loses_no_acknowledged_share_or_block() {
+/// Waits (at most 60 s) until the PPS cursor in `dir`'s ledger reaches the newest share of its share
+/// log; returns the share log and that share's id.
+async fn wait_pps_credited(dir: &std::path::Path) -> (pool::share_log::ShareLog, i64) {
+    let (log, _w) = pool::share_log::ShareLog::open(&dir.join("pool.sqlite"))
+        .await
+        .unwrap();
+    let (max_id,): (i64,) = sqlx::query_as("SELECT MAX(id) FROM shares")
+        .fetch_one(log.db())
+        .await
+        .unwrap();
+    let l = ledger::Ledger::open(&dir.join("ledger.sqlite").to_string_lossy())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pool::accounting::pps_cursor(&l).await.unwrap() < max_id {
+        assert!(Instant::now() < deadline, "PPS crediting stalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    l.close().await;
+    (log, max_id)
+}
+
+/// Test miners submitting shares one at a time to the pool at `addr` (one per user) until `stop`
+/// or until the pool goes away; the header of every share answered `true` goes into `acked`.
+fn submitters(
+    addr: std::net::SocketAddr,
+    users: Vec<String>,
+    acked: &Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     use test_support::{verdict, Miner};
-    const ADDR: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
-    let dir = tempfile::tempdir().unwrap();
-    let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    for round in 0..2u64 {
-        let (mut served, addr) = serve(dir.path());
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for w in 0..3 {
+    users
+        .into_iter()
+        .map(|user| {
             let (acked, stop) = (acked.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let mut m = Miner::connect(addr).await;
-                let user = format!("{ADDR}.w{w}");
                 m.handshake(&user).await;
                 let mut id = 10u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -267,8 +289,21 @@ async fn kill_9_of_serve_under_load_loses_no_acknowledged_share_or_block() {
                         acked.lock().unwrap().push(header.to_vec());
                     }
                 }
-            }));
-        }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_serve_under_load_loses_no_acknowledged_share_or_block() {
+    const ADDR: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+    let dir = tempfile::tempdir().unwrap();
+    let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    for round in 0..2u64 {
+        let (mut served, addr) = serve(dir.path());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let users = (0..3).map(|w| format!("{ADDR}.w{w}")).collect();
+        let tasks = submitters(addr, users, &acked, &stop);
         tokio::time::sleep(Duration::from_millis(1500 + 700 * round)).await;
         served.0.kill().unwrap(); // SIGKILL under load
         served.0.wait().unwrap();
@@ -310,6 +345,88 @@ async fn kill_9_of_serve_under_load_loses_no_acknowledged_share_or_block() {
         "{} acknowledged shares and {} accepted blocks across 2 SIGKILLs of `cloudmine serve`, all present",
         acked.len(),
         accepted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_serve_in_pps_mode_pays_every_acknowledged_share_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_addr = mine::p2wsh_addr(9);
+    let owners = [mine::p2wsh_addr(1), mine::p2wsh_addr(2)];
+    let pps = [
+        "--payout-scheme",
+        "pool",
+        "--pool-address",
+        pool_addr.as_str(),
+        "--sharing",
+        "pps",
+        "--pool-fee-ppm",
+        "10000",
+    ];
+    let acked: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    for round in 0..3u64 {
+        let (mut served, stratum) = serve_with(dir.path(), "127.0.0.1:0", "0.0000000003", false, &pps);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let users = owners.iter().map(|o| format!("{o}.w")).collect();
+        let tasks = submitters(stratum, users, &acked, &stop);
+        tokio::time::sleep(Duration::from_millis(1200 + 500 * round)).await;
+        served.0.kill().unwrap(); // SIGKILL while shares are being credited
+        served.0.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+    // A last start without load lets accounting catch up from where the killed ones left it.
+    let (log, max_id) = {
+        let (_served, _) = serve_with(dir.path(), "127.0.0.1:0", "0.0000000003", false, &pps);
+        wait_pps_credited(dir.path()).await
+    };
+    let ledger_url = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 5, "too few acknowledged shares: {}", acked.len());
+    let logged: std::collections::HashSet<Vec<u8>> = log.headers().await.unwrap().into_iter().collect();
+    assert!(
+        acked.iter().all(|h| logged.contains(h)),
+        "an acknowledged share was lost"
+    );
+    // Every logged share is in exactly one pps: range, and each range paid exactly its shares' value.
+    let l = ledger::Ledger::open(&ledger_url).await.unwrap();
+    let reserve = ledger::Account::Platform(ledger::PlatformAccount::PoolReserve);
+    let mut next = 1;
+    let mut paid = std::collections::BTreeMap::<String, i64>::new();
+    for line in l.history(&reserve, 100_000).await.unwrap().iter().rev() {
+        let Some(range) = line.key.strip_prefix("pps:") else {
+            continue;
+        };
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(a, next, "ranges are contiguous and never overlap: {}", line.key);
+        next = b + 1;
+        let want = test_support::pps_expected(log.db(), a, b, 10_000, false).await;
+        let got: std::collections::BTreeMap<String, u128> = l
+            .postings_of(&line.key)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|(n, m)| {
+                let o = n.strip_prefix("user/")?.strip_suffix("/available")?;
+                Some((o.to_string(), u128::try_from(m).ok()?))
+            })
+            .collect();
+        assert_eq!(got, want, "{}", line.key);
+        for (o, m) in got {
+            *paid.entry(o).or_default() += i64::try_from(m).unwrap();
+        }
+    }
+    assert_eq!(next, max_id + 1, "every logged share credited");
+    for o in &owners {
+        assert_eq!(l.balance(&ledger::Account::available(o)).await.unwrap(), paid[o]);
+    }
+    assert!(l.verify().await.unwrap().problems.is_empty());
+    eprintln!(
+        "PPS across 3 SIGKILLs of `cloudmine serve`: {} acknowledged shares, {max_id} logged, each credited exactly once",
+        acked.len()
     );
 }
 

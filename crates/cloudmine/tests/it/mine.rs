@@ -575,44 +575,52 @@ fn postgres_stopped_and_restarted_under_load_loses_no_share() {
     eprintln!("PostgreSQL outage: {accepted} shares accepted ({} during the outage), all {logged} in the ledger after restart", accepted - before);
 }
 
-#[test]
-fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = |b: u8| {
-        bitcoin::Address::p2wsh(
-            &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]),
-            bitcoin::Network::Regtest,
-        )
-        .to_string()
-    };
-    let (pool_addr, alice, bob) = (addr(9), addr(1), addr(2));
-    let (served, stratum) = super::serve_with(
-        dir.path(),
-        "127.0.0.1:0",
-        DIFF,
-        true,
-        &[
-            "--payout-scheme",
-            "pool",
-            "--pool-address",
-            &pool_addr,
-            "--pool-fee-ppm",
-            "20000",
-        ],
-    );
+/// A `p2wsh` regtest address, distinct per `b`.
+pub(crate) fn p2wsh_addr(b: u8) -> String {
+    bitcoin::Address::p2wsh(
+        &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]),
+        bitcoin::Network::Regtest,
+    )
+    .to_string()
+}
+
+/// `cloudmine ledger ARGS --json --data-dir DIR`, parsed.
+fn ledger_cli(dir: &std::path::Path, args: &[&str]) -> Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .arg("ledger")
+        .args(args)
+        .args(["--json", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice::<Value>(&o.stdout).unwrap()
+}
+
+/// `cloudmine serve` in pool mode (`--pool-address`, payouts off) with `extra` flags, and two
+/// `cloudmine mine` workers, alice and bob, run until both have a positive balance of kind
+/// `bucket(owner)` in the ledger; the miners are stopped (none may have a reject). Returns serve,
+/// alice, bob, the ledger URL and a runtime.
+fn pool_mode_until_both_credited(
+    dir: &std::path::Path,
+    extra: &[&str],
+    bucket: fn(&str) -> ledger::Account,
+) -> (Proc, String, String, String, tokio::runtime::Runtime) {
+    let (pool_addr, alice, bob) = (p2wsh_addr(9), p2wsh_addr(1), p2wsh_addr(2));
+    let mut flags = vec!["--payout-scheme", "pool", "--pool-address", &pool_addr];
+    flags.extend(extra);
+    let (served, stratum) = super::serve_with(dir, "127.0.0.1:0", DIFF, true, &flags);
     let pool_url = format!("stratum+tcp://{stratum}");
     let ma = mine(&["-o", &pool_url, "-u", &format!("{alice}.a")]);
     let mb = mine(&["-o", &pool_url, "-u", &format!("{bob}.b")]);
-    // Mine until the dev chain has accepted blocks from both (it refuses blocks that come faster than
-    // its clock allows, so count credits in the ledger, not block candidates).
-    let ledger_url = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
+    let ledger_url = dir.join("ledger.sqlite").to_string_lossy().into_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(l) = ledger::Ledger::open(&ledger_url).await {
-                let a = l.balance(&ledger::Account::immature(&alice)).await.unwrap_or(0);
-                let b = l.balance(&ledger::Account::immature(&bob)).await.unwrap_or(0);
+                let a = l.balance(&bucket(&alice)).await.unwrap_or(0);
+                let b = l.balance(&bucket(&bob)).await.unwrap_or(0);
                 l.close().await;
                 if a > 0 && b > 0 {
                     return;
@@ -631,6 +639,19 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
         "{:?} {:?}",
         rejects(&ea),
         rejects(&eb)
+    );
+    (served, alice, bob, ledger_url, rt)
+}
+
+#[test]
+fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    // Mine until the dev chain has accepted blocks from both (it refuses blocks that come faster than
+    // its clock allows, so count credits in the ledger, not block candidates).
+    let (served, alice, bob, ledger_url, rt) = pool_mode_until_both_credited(
+        dir.path(),
+        &["--pool-fee-ppm", "20000"],
+        ledger::Account::immature,
     );
     // Wait until every accepted block is credited, then read the books through the CLI.
     rt.block_on(async {
@@ -672,17 +693,7 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
         l.close().await;
         (h.len(), h.iter().map(|x| -x.msat).sum::<i64>())
     });
-    let cli = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
-            .arg("ledger")
-            .args(args)
-            .args(["--json", "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| ledger_cli(dir.path(), args);
     let v = cli(&["verify"]);
     assert_eq!(v["ok"], true, "{v}");
     let imm = |who: &str| {
@@ -707,85 +718,16 @@ fn two_miners_in_pool_mode_are_credited_pplns_and_the_books_balance() {
 #[test]
 fn two_miners_in_pps_mode_are_paid_per_share_at_once_and_the_books_balance() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = |b: u8| {
-        bitcoin::Address::p2wsh(
-            &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]),
-            bitcoin::Network::Regtest,
-        )
-        .to_string()
-    };
-    let (pool_addr, alice, bob) = (addr(9), addr(1), addr(2));
-    let (served, stratum) = super::serve_with(
-        dir.path(),
-        "127.0.0.1:0",
-        DIFF,
-        true,
-        &[
-            "--payout-scheme",
-            "pool",
-            "--pool-address",
-            &pool_addr,
-            "--sharing",
-            "pps",
-            "--pool-fee-ppm",
-            "20000",
-        ],
-    );
-    let pool_url = format!("stratum+tcp://{stratum}");
-    let ma = mine(&["-o", &pool_url, "-u", &format!("{alice}.a")]);
-    let mb = mine(&["-o", &pool_url, "-u", &format!("{bob}.b")]);
     // PPS pays every share at once: both available balances grow without waiting for any block.
-    let ledger_url = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(l) = ledger::Ledger::open(&ledger_url).await {
-                let a = l.balance(&ledger::Account::available(&alice)).await.unwrap_or(0);
-                let b = l.balance(&ledger::Account::available(&bob)).await.unwrap_or(0);
-                l.close().await;
-                if a > 0 && b > 0 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no PPS credits for both miners within 120 s"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    });
-    let (ea, eb) = (ma.stop(), mb.stop());
-    assert!(rejects(&ea).is_empty() && rejects(&eb).is_empty());
+    let (served, alice, bob, _, rt) = pool_mode_until_both_credited(
+        dir.path(),
+        &["--sharing", "pps", "--pool-fee-ppm", "20000"],
+        ledger::Account::available,
+    );
     // Let accounting credit every logged share, then stop serve before reading the books.
-    rt.block_on(async {
-        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
-            .await
-            .unwrap();
-        let (max_id,): (i64,) = sqlx::query_as("SELECT MAX(id) FROM shares")
-            .fetch_one(log.db())
-            .await
-            .unwrap();
-        let l = ledger::Ledger::open(&ledger_url).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while pool::accounting::pps_cursor(&l).await.unwrap() < max_id {
-            assert!(Instant::now() < deadline, "PPS crediting stalled");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        l.close().await;
-    });
+    rt.block_on(super::wait_pps_credited(dir.path()));
     drop(served);
-    let cli = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
-            .arg("ledger")
-            .args(args)
-            .args(["--json", "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| ledger_cli(dir.path(), args);
     assert_eq!(cli(&["verify"])["ok"], true);
     let available = |who: &str| {
         cli(&["balance", who])["balances_msat"][format!("user/{who}/available")]

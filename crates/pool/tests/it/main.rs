@@ -503,23 +503,32 @@ async fn pipelined_submits_are_answered_in_order_and_all_durable() {
     h.pool.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pool_mode_credits_every_block_pplns_exactly() {
-    use ledger::{Account, Ledger, PlatformAccount};
+/// Pool mode with a ledger fed by the pool and two miners, alice (`.a`) and bob (`.b`), on
+/// p2wsh addresses; `sharing` and `fee_ppm` as given, shares at difficulty 2^-32 (half the dev
+/// chain's floor: about half are blocks).
+struct TwoMiners {
+    h: Harness,
+    l: std::sync::Arc<ledger::Ledger>,
+    alice: String,
+    bob: String,
+    m1: Miner,
+    m2: Miner,
+}
+
+async fn two_miners(sharing: pool::config::Sharing, fee_ppm: u32) -> TwoMiners {
     let script = |b: u8| bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]);
     let addr = |b: u8| bitcoin::Address::p2wsh(&script(b), Network::Regtest).to_string();
     let (alice, bob) = (addr(1), addr(2));
     let pool_script = bitcoin::Address::p2wsh(&script(9), Network::Regtest).script_pubkey();
-    // Shares at difficulty 2^-32 (half the dev chain's floor): about half are blocks, and a block's
-    // window (2 × its work = 4 hashes) spans its last few shares, often from both miners.
     let h = harness(|c| {
         c.payout = PayoutScheme::Pool(pool_script);
-        c.fee_ppm = 10_000; // 1 %
+        c.sharing = sharing;
+        c.fee_ppm = fee_ppm;
         c.initial_difficulty = Difficulty::MIN;
     })
     .await;
     let l = std::sync::Arc::new(
-        Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
+        ledger::Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
             .await
             .unwrap(),
     );
@@ -528,22 +537,46 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     let mut m2 = Miner::connect(h.pool.local_addr()).await;
     m1.handshake(&format!("{alice}.a")).await;
     m2.handshake(&format!("{bob}.b")).await;
-    let mut id = 10;
-    for round in 0..40 {
-        let (m, user) = if round % 3 == 0 {
-            (&mut m2, format!("{bob}.b"))
-        } else {
-            (&mut m1, format!("{alice}.a"))
-        };
-        // Catch up on jobs the other miner's blocks caused.
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {}
-        let (p, _) = m.find_share(&user, false);
-        id += 1;
-        let r = m.submit(json!(id), &p).await;
-        if let Err(e) = verdict(&r) {
-            assert_eq!(e, "Job not found", "only a block race may make a share stale");
-        }
+    TwoMiners {
+        h,
+        l,
+        alice,
+        bob,
+        m1,
+        m2,
     }
+}
+
+impl TwoMiners {
+    /// `rounds` shares, two of every three from alice; returns how many were accepted (a block race
+    /// may make one stale, nothing else may reject it).
+    async fn mine(&mut self, rounds: u32) -> u32 {
+        let mut accepted = 0;
+        for round in 0..rounds {
+            let (m, user) = if round % 3 == 0 {
+                (&mut self.m2, format!("{}.b", self.bob))
+            } else {
+                (&mut self.m1, format!("{}.a", self.alice))
+            };
+            // Catch up on jobs the other miner's blocks caused.
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {}
+            let (p, _) = m.find_share(&user, false);
+            match verdict(&m.submit(json!(100 + round), &p).await) {
+                Ok(()) => accepted += 1,
+                Err(e) => assert_eq!(e, "Job not found", "only a block race may make a share stale"),
+            }
+        }
+        accepted
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_mode_credits_every_block_pplns_exactly() {
+    use ledger::{Account, PlatformAccount};
+    // A block's window (2 × its work = 4 hashes) spans its last few shares, often from both miners.
+    let mut t = two_miners(pool::config::Sharing::Pplns, 10_000).await; // 1 %
+    t.mine(40).await;
+    let TwoMiners { h, l, alice, bob, .. } = t;
     let blocks: Vec<(String, String)> = h.pool.log().blocks().await.unwrap();
     let accepted: Vec<&String> = blocks
         .iter()
@@ -716,7 +749,8 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     // every remaining credit moves from immature to available.
     let node = h.node.clone();
     tokio::task::spawn_blocking(move || {
-        let spk = bitcoin::Address::p2wsh(&script(7), Network::Regtest).script_pubkey();
+        let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 7]);
+        let spk = bitcoin::Address::p2wsh(&script, Network::Regtest).script_pubkey();
         let mut c = node.lock();
         let base = c.tip().block.header.time.max(chain::dev::now());
         for i in 1..=100u32 {
@@ -910,82 +944,12 @@ async fn set_extranonce_moves_a_subscribed_miner_and_reconnects_the_others() {
     h.pool.shutdown().await;
 }
 
-/// What a PPS/FPPS batch should pay, recomputed from the share log with plain u128 arithmetic:
-/// per (owner, bits, reward) the exact Σ work, then floor(R · (10^6 − f) · Σw / (W · 10^6)).
-async fn pps_expected(
-    db: &sqlx::SqlitePool,
-    first: i64,
-    last: i64,
-    fee_ppm: u128,
-    fpps: bool,
-) -> std::collections::BTreeMap<String, u128> {
-    let rows = sqlx::query_as::<_, (String, i64, i64, i64, i64, i64)>(
-        "SELECT s.address, s.diff_int, s.diff_frac, j.bits, j.subsidy_sat, j.expected_fees_sat \
-         FROM shares s JOIN jobs j ON j.job_id = s.job_id WHERE s.id BETWEEN ? AND ?",
-    )
-    .bind(first)
-    .bind(last)
-    .fetch_all(db)
-    .await
-    .unwrap();
-    let block_work = |bits: i64| {
-        let target = units::Target::from_compact(bits as u32).unwrap();
-        ledger::schemes::block_work(target).unwrap().low_u128()
-    };
-    let mut groups = std::collections::BTreeMap::<(String, i64, i64), u128>::new();
-    for (owner, int, frac, bits, subsidy, fees) in rows {
-        let reward = (subsidy + if fpps { fees } else { 0 }) as u128 * 1000;
-        // a share counts at most one block's work
-        let work = ((int as u128) << 32 | frac as u128).min(block_work(bits));
-        *groups.entry((owner, bits, reward as i64)).or_default() += work;
-    }
-    let mut want = std::collections::BTreeMap::<String, u128>::new();
-    for ((owner, bits, reward), work) in groups {
-        let w = block_work(bits);
-        *want.entry(owner).or_default() += reward as u128 * (1_000_000 - fee_ppm) * work / (w * 1_000_000);
-    }
-    want.retain(|_, v| *v > 0);
-    want
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_mode_pps_pays_every_share_at_once_exactly() {
-    use ledger::{Account, Ledger, PlatformAccount};
-    let script = |b: u8| bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]);
-    let addr = |b: u8| bitcoin::Address::p2wsh(&script(b), Network::Regtest).to_string();
-    let (alice, bob) = (addr(1), addr(2));
-    let pool_script = bitcoin::Address::p2wsh(&script(9), Network::Regtest).script_pubkey();
-    let h = harness(|c| {
-        c.payout = PayoutScheme::Pool(pool_script);
-        c.sharing = pool::config::Sharing::Pps;
-        c.fee_ppm = 20_000; // 2 %
-        c.initial_difficulty = Difficulty::MIN;
-    })
-    .await;
-    let l = std::sync::Arc::new(
-        Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
-            .await
-            .unwrap(),
-    );
-    h.pool.feed_ledger(l.clone());
-    let mut m1 = Miner::connect(h.pool.local_addr()).await;
-    let mut m2 = Miner::connect(h.pool.local_addr()).await;
-    m1.handshake(&format!("{alice}.a")).await;
-    m2.handshake(&format!("{bob}.b")).await;
-    let mut accepted = 0;
-    for round in 0..30 {
-        let (m, user) = if round % 3 == 0 {
-            (&mut m2, format!("{bob}.b"))
-        } else {
-            (&mut m1, format!("{alice}.a"))
-        };
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), m.next()).await {}
-        let (p, _) = m.find_share(&user, false);
-        match verdict(&m.submit(json!(100 + round), &p).await) {
-            Ok(()) => accepted += 1,
-            Err(e) => assert_eq!(e, "Job not found", "only a block race may make a share stale"),
-        }
-    }
+    use ledger::{Account, PlatformAccount};
+    let mut t = two_miners(pool::config::Sharing::Pps, 20_000).await; // 2 %
+    let accepted = t.mine(30).await;
+    let TwoMiners { h, l, alice, bob, .. } = t;
     assert!(accepted >= 10, "{accepted} shares accepted");
     // Every logged share credited: the PPS cursor reaches the newest share.
     let db = h.pool.log().db().clone();
@@ -1022,7 +986,7 @@ async fn pool_mode_pps_pays_every_share_at_once_exactly() {
             let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
             assert_eq!(a, credited_to + 1, "ranges are contiguous: {}", line.key);
             credited_to = b;
-            let want = pps_expected(&db, a, b, 20_000, false).await;
+            let want = test_support::pps_expected(&db, a, b, 20_000, false).await;
             let mut got = std::collections::BTreeMap::<String, u128>::new();
             for (name, msat) in l.postings_of(&line.key).await.unwrap() {
                 if let Some(owner) = name
@@ -1114,7 +1078,7 @@ async fn fpps_prices_each_share_by_its_job_and_never_pays_twice() {
         .unwrap();
     assert_eq!((read, to), (6, 6));
     assert_eq!(pool::accounting::pps_cursor(&l).await.unwrap(), 6);
-    let want = pps_expected(&db, 1, 6, 0, true).await;
+    let want = test_support::pps_expected(&db, 1, 6, 0, true).await;
     // By hand: W(0x1d00ffff) = 4295032833 hashes (difficulty 1), W(0x1b0404cb) from its target.
     let w7: u128 = 4_295_032_833;
     let w8 = ledger::schemes::block_work(units::Target::from_compact(0x1b0404cb).unwrap())
