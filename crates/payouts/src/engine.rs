@@ -271,12 +271,40 @@ impl Engine {
             .spendable_coins(self.wallet.script())
             .await
             .map_err(e2s)?;
-        let built = match build_payout(&self.wallet, &coins, &payees, self.cfg.feerate_sat_per_vb) {
+        // Payees come largest first. When the wallet cannot fund all of them (PPS pays balances
+        // ahead of the blocks that cover them), pay the longest prefix it can fund; the rest keep
+        // their balances for a later round.
+        let feerate = self.cfg.feerate_sat_per_vb;
+        let built = match build_payout(&self.wallet, &coins, &payees, feerate) {
             Ok(b) => b,
             Err(BuildError::NoPayees) => return Ok(Round::Nothing),
             Err(e @ (BuildError::InsufficientFunds { .. } | BuildError::DustChange(_))) => {
-                tracing::warn!(error = %e, "payout round waits: the wallet cannot fund it yet");
-                return Ok(Round::Waiting(e.to_string()));
+                let fits = |k: usize| {
+                    build_payout(&self.wallet, &coins, payees.get(..k).unwrap_or(&[]), feerate).ok()
+                };
+                // Funding is monotone in the prefix length (each payee only adds to what is needed),
+                // so the longest fundable prefix is found by bisection.
+                let (mut lo, mut hi) = (0usize, payees.len()); // fits(lo) or lo == 0; !fits(hi)
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if fits(mid).is_some() {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                match (lo > 0).then(|| fits(lo)).flatten() {
+                    Some(b) => {
+                        tracing::warn!(error = %e, paying = lo, waiting = payees.len() - lo, "the wallet funds only the largest balances this round");
+                        payees.truncate(lo);
+                        who.truncate(lo);
+                        b
+                    }
+                    None => {
+                        tracing::warn!(error = %e, "payout round waits: the wallet cannot fund it yet");
+                        return Ok(Round::Waiting(e.to_string()));
+                    }
+                }
             }
             Err(e) => return Err(e.to_string()),
         };

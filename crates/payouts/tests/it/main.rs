@@ -589,3 +589,43 @@ fn random_histories_of_blocks_orphans_payouts_and_crashes_keep_the_books_and_pay
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_short_of_funds_pays_the_largest_balances_it_can_and_the_rest_wait() {
+    for (backend, url, _keep) in test_support::fresh_databases().await {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        let wscript = wallet().script().clone();
+        // 101 blocks: two coinbases spendable in the next block, 100 BTC. Balances of 60 and 50 BTC
+        // (PPS pays ahead of the blocks that cover it): only the larger fits.
+        mine(&node, &wscript, 101).await;
+        let l = Arc::new(Ledger::open(&url).await.unwrap());
+        let (alice, bob) = (addr(1), addr(2));
+        credit(&l, "c1", &alice, 6_000_000_000_000).await;
+        credit(&l, "c2", &bob, 5_000_000_000_000).await;
+        let engine = payer(&node, &l);
+        let Round::Paid { txid, payees, .. } = engine.pay().await.unwrap() else {
+            panic!("{backend}: nothing paid")
+        };
+        assert_eq!(payees, 1, "{backend}: only the largest balance fits the wallet");
+        assert_eq!(
+            l.balance(&Account::available(&bob)).await.unwrap(),
+            5_000_000_000_000
+        );
+        assert_eq!(l.balance(&Account::available(&alice)).await.unwrap() % 1000, 0);
+        // One more block matures another coinbase; once alice's payout confirms, bob is paid.
+        mine(&node, &wscript, 1).await;
+        assert_eq!(engine.settle().await.unwrap().confirmed, vec![txid]);
+        let Round::Paid { payees, .. } = engine.pay().await.unwrap() else {
+            panic!("{backend}: bob not paid")
+        };
+        assert_eq!(payees, 1);
+        mine(&node, &wscript, 1).await;
+        engine.settle().await.unwrap();
+        assert_eq!(paid_on_chain(&node, &alice).len(), 1, "{backend}");
+        assert_eq!(paid_on_chain(&node, &bob).len(), 1, "{backend}");
+        assert!(l.balance(&Account::available(&bob)).await.unwrap() < 1_000_000);
+        assert!(l.verify().await.unwrap().problems.is_empty());
+        l.close().await;
+    }
+}
