@@ -10,9 +10,10 @@ use crate::jobs::{Job, JobCoinbase, JobSet};
 use crate::server::Shared;
 use crate::share_log::{BlockRecord, ShareRecord};
 use bitcoin::{Address, ScriptBuf};
-use mining_core::{BatchHasher, CoinbasePrefix, ShareInput, Vardiff};
+use mining_core::validate::Reject;
+use mining_core::{IssuedJob, ShareValidator, Submission, Vardiff};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,23 +51,16 @@ pub struct Outcome {
     pub pending: Option<PendingShare>,
 }
 
-struct ConnJob {
-    id: u64,
+/// What the pool keeps with each job it sent on a connection ([`mining_core::IssuedJob`]'s payload).
+struct ConnWork {
     job: Arc<Job>,
     cb: Arc<JobCoinbase>,
-    prefix: CoinbasePrefix,
-    difficulty: Difficulty,
-    /// `difficulty.to_target()`, computed once per job send (a 256-bit division).
-    target: units::Target,
 }
 
-/// The parsed submission, the duplicate key (stratum-v1.md §9 step 5).
-#[derive(Hash, PartialEq, Eq)]
-struct ShareKey {
-    en2: u64,
-    ntime: u32,
-    nonce: u32,
-    version: u32,
+impl mining_core::IssuedWork for ConnWork {
+    fn prepared(&self) -> &mining_core::PreparedJob {
+        &self.cb.prepared
+    }
 }
 
 /// Per-connection state.
@@ -82,9 +76,8 @@ pub struct Session {
     /// The share target of the last difficulty a job was sent at (a 256-bit division, so computed
     /// once per difficulty change rather than once per job send).
     target_cache: Option<(Difficulty, units::Target)>,
-    jobs: VecDeque<ConnJob>,
-    seen: HashMap<u64, HashSet<ShareKey>>,
-    hasher: BatchHasher,
+    /// The jobs sent and the shares accepted: the one share validator (`mining_core::validate`).
+    validator: ShareValidator<ConnWork>,
     invalid_streak: u32,
     /// Accepted shares on this connection.
     pub accepted: u64,
@@ -105,9 +98,7 @@ impl Session {
             vardiff: Vardiff::new(shared.cfg.vardiff, shared.cfg.initial_difficulty, now_ms),
             sent_difficulty: None,
             target_cache: None,
-            jobs: VecDeque::new(),
-            seen: HashMap::new(),
-            hasher: BatchHasher::new(),
+            validator: ShareValidator::new(shared.cfg.jobs_kept, EXTRANONCE2_BYTES),
             invalid_streak: 0,
             accepted: 0,
             best: Difficulty::MIN,
@@ -319,8 +310,7 @@ impl Session {
             }
             .to_line(),
         );
-        self.jobs.clear();
-        self.seen.clear();
+        self.validator.clear();
         let jobs = shared.jobs.borrow().clone();
         out.lines.extend(self.send_work(shared, &jobs, true, true));
         Some(out)
@@ -358,13 +348,9 @@ impl Session {
         let clean = force_clean
             || job.clean
                 && self
-                    .jobs
-                    .back()
-                    .is_none_or(|j| j.job.prev_hash() != job.prev_hash());
-        if clean {
-            self.jobs.clear();
-            self.seen.retain(|id, _| *id == job.id);
-        }
+                    .validator
+                    .newest()
+                    .is_none_or(|j| j.payload.job.prev_hash() != job.prev_hash());
         let mut lines = Vec::with_capacity(2);
         let d = wire_difficulty(self.vardiff.current());
         if self.sent_difficulty != Some(d) {
@@ -373,7 +359,7 @@ impl Session {
         }
         // First send of this job on this connection: the shared, preformatted line with the global id.
         // A re-send (new difficulty on the same job) needs its own id, from the same global counter.
-        let first_send = !fresh_id && !self.jobs.iter().any(|j| j.job.id == job.id);
+        let first_send = !fresh_id && (clean || !self.validator.has_dedup_id(job.id));
         let id = if first_send {
             lines.push(cb.lines[usize::from(clean)].clone());
             job.id
@@ -394,21 +380,18 @@ impl Session {
                 t
             }
         };
-        self.jobs.push_back(ConnJob {
-            id,
-            job,
-            cb,
-            prefix,
-            difficulty: d,
-            target,
-        });
-        while self.jobs.len() > shared.cfg.jobs_kept.max(1) {
-            if let Some(old) = self.jobs.pop_front() {
-                if !self.jobs.iter().any(|j| j.job.id == old.job.id) {
-                    self.seen.remove(&old.job.id);
-                }
-            }
-        }
+        self.validator.issue(
+            IssuedJob {
+                id,
+                dedup_id: job.id,
+                prefix,
+                min_time: job.template.min_time,
+                difficulty: d,
+                target,
+                payload: ConnWork { job, cb },
+            },
+            clean,
+        );
         lines
     }
 
@@ -479,63 +462,36 @@ impl Session {
         if addr_part != address.as_str() || !self.workers.contains(&worker) {
             return Err((code::UNAUTHORIZED, "Unauthorized worker".into()));
         }
-        // 2. shape
-        if s.extranonce2.len() != EXTRANONCE2_BYTES {
-            return Err((
-                code::OTHER,
-                format!("extranonce2 must be {EXTRANONCE2_BYTES} bytes"),
-            ));
-        }
-        let vbits = s.version_bits.unwrap_or(0);
-        let mask = self.version_mask.unwrap_or(0);
-        // 3. job
-        let Ok(job_id) = s.job_id.parse::<u64>() else {
-            return Err((code::JOB_NOT_FOUND, "Job not found".into()));
-        };
-        let Some(cj) = self.jobs.iter().find(|j| j.id == job_id) else {
-            return Err((code::JOB_NOT_FOUND, "Job not found".into()));
-        };
-        let version = mining_core::roll_version(cj.job.version, vbits, mask)
-            .map_err(|e| (code::OTHER, format!("Invalid version bits: {e}")))?;
-        // 4. ntime window
+        // 2.–6. shape, job, version bits, ntime window, duplicate, hash against the job's target
         let now_s = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        if s.ntime < cj.job.template.min_time || s.ntime > now_s.saturating_add(NTIME_FUTURE_S) {
-            return Err((code::OTHER, "Ntime out of range".into()));
-        }
-        // 5. duplicate
-        let mut en2 = [0u8; 8];
-        en2[..EXTRANONCE2_BYTES].copy_from_slice(&s.extranonce2);
-        let key = ShareKey {
-            en2: u64::from_le_bytes(en2),
+        let sub = Submission {
+            job_id: s.job_id.parse::<u64>().ok(),
+            extranonce2: &s.extranonce2,
             ntime: s.ntime,
             nonce: s.nonce,
-            version,
+            version_bits: s.version_bits,
         };
-        let global = cj.job.id;
-        if self.seen.get(&global).is_some_and(|set| set.contains(&key)) {
-            return Err((code::DUPLICATE, "Duplicate share".into()));
-        }
-        // 6. hash and compare against this job's difficulty
-        let input = ShareInput {
-            job: &cj.cb.prepared,
-            prefix: &cj.prefix,
-            en2: &s.extranonce2,
-            ntime: s.ntime,
-            nonce: s.nonce,
-            version,
-        };
-        let check = self.hasher.hash_one(&input);
-        let assigned = cj.difficulty;
-        if !check.meets(cj.target) {
-            return Err((code::LOW_DIFFICULTY, "Low difficulty share".into()));
-        }
-        self.seen.entry(global).or_default().insert(key);
-        let job = cj.job.clone();
-        let coinbase = cj.cb.prepared.coinbase_bytes(&self.en1, &s.extranonce2);
+        let mask = self.version_mask.unwrap_or(0);
+        let (job, coinbase, header, is_block, global, assigned, achieved) =
+            match self.validator.check(&sub, mask, now_s, NTIME_FUTURE_S) {
+                Ok(a) => (
+                    a.job.payload.job.clone(),
+                    a.job
+                        .payload
+                        .cb
+                        .prepared
+                        .coinbase_bytes(&self.en1, &s.extranonce2),
+                    a.check.header,
+                    a.is_block,
+                    a.job.dedup_id,
+                    a.job.difficulty,
+                    a.check.achieved_difficulty(),
+                ),
+                Err(r) => return Err((reject_code(&r), r.to_string())),
+            };
         // 7. a block goes to the chain before anything else
-        let is_block = check.meets(cj.cb.prepared.network_target);
         if is_block {
-            self.found_block(shared, &job, &coinbase, &check.header, &address, now_ms)
+            self.found_block(shared, &job, &coinbase, &header, &address, now_ms)
                 .await;
         }
         // 8. durable, then reply; but not past the accounting backlog bound (the ledger is down)
@@ -551,7 +507,7 @@ impl Session {
             difficulty: assigned,
             extranonce1: self.en1.to_vec(),
             extranonce2: s.extranonce2.clone(),
-            header: check.header,
+            header,
             is_block,
         };
         let committed = shared.log.enqueue_share(rec).await.map_err(|e| {
@@ -564,7 +520,7 @@ impl Session {
             address,
             worker,
             assigned,
-            achieved: check.achieved_difficulty(),
+            achieved,
             started,
         })
     }
@@ -621,6 +577,16 @@ impl Session {
             return self.work_lines(shared, &jobs, false);
         }
         Vec::new()
+    }
+}
+
+/// The Stratum error code of a validator reject (stratum-v1.md §6).
+fn reject_code(r: &Reject) -> i32 {
+    match r {
+        Reject::JobNotFound => code::JOB_NOT_FOUND,
+        Reject::Duplicate => code::DUPLICATE,
+        Reject::LowDifficulty => code::LOW_DIFFICULTY,
+        Reject::Extranonce2Size(_) | Reject::VersionBits(_) | Reject::NtimeOutOfRange => code::OTHER,
     }
 }
 
