@@ -36,7 +36,7 @@ pub enum Scheme {
 pub enum SharingArg {
     /// Pay per last N = 2·D of work.
     Pplns,
-    /// N = 8·D (window ending at the block's share).
+    /// N = 8·D, the window fixed when the block's job was issued.
     Tides,
     /// Pay per share, d/D × subsidy × (1 − fee), at once, from the pool reserve.
     Pps,

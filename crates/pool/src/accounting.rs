@@ -10,7 +10,9 @@
 //! In pool mode (the coinbase pays the pool) every block the chain accepted is then credited PPLNS
 //! ([`credit_block`]): the reward `R` (the coinbase's outputs) leaves `platform/mined`, the fee
 //! `floor(R·f)` goes to `platform/fees`, and the rest is split over the last `N = 2·W` of work up to
-//! and including the block's own share (`W` the block's work) into each owner's *immature* balance,
+//! and including the block's own share (`W` the block's work; TIDES: `N = 8·W` up to the newest
+//! share durable when the block's job was issued, the job row's `shares_before`) into each owner's
+//! *immature* balance,
 //! exact to the millisatoshi ([`ledger::schemes`]). The transaction's key is `block:<hash>`, so a
 //! restart or a retry never credits a block twice.
 //!
@@ -224,24 +226,47 @@ pub struct Rule {
 pub enum Credit {
     /// Posted now or before (idempotent): the ledger transaction id.
     Posted(i64),
-    /// Not found by one of this pool's shares (e.g. mined through RPC): nothing to credit.
+    /// No share of this pool's log carries it (its share's commit failed, so the miner was told to
+    /// retry): nothing to credit.
     NotOurs,
     /// Its share is not in the ledger's work log yet: try again later.
     Wait,
 }
 
-/// Credits one accepted block PPLNS (pool mode). `ingested` is the highest share id already in the
+/// How long a logged block may wait for its share's row before it counts as not ours: the block row
+/// is committed before its share (the block goes to the chain and the log first), so for a moment
+/// the share is not there yet.
+pub const BLOCK_SHARE_GRACE: Duration = Duration::from_secs(60);
+
+/// A row of the share log's `blocks` table.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedBlock<'a> {
+    /// Block hash (display hex).
+    pub hash: &'a str,
+    /// Height.
+    pub height: i64,
+    /// The serialized block.
+    pub raw: &'a [u8],
+    /// When it was logged (unix ms).
+    pub logged_ms: i64,
+}
+
+/// Credits one accepted block (pool mode). `ingested` is the highest share id already in the
 /// ledger's work log.
 pub async fn credit_block(
     log: &SqlitePool,
     ledger: &Ledger,
     rule: Rule,
-    hash: &str,
-    height: i64,
-    raw: &[u8],
+    b: LoggedBlock<'_>,
     ingested: i64,
 ) -> Result<Credit, String> {
     use bitcoin::consensus::deserialize;
+    let LoggedBlock {
+        hash,
+        height,
+        raw,
+        logged_ms,
+    } = b;
     let Rule { sharing, fee_ppm } = rule;
     // Credited before (e.g. re-examined after a restart): no window to read again.
     if let Some(id) = ledger
@@ -263,6 +288,16 @@ pub async fn credit_block(
     .await
     .map_err(|e| format!("share log: {e}"))?;
     let Some(share) = share else {
+        let age_ms = i64::try_from(crate::server::now_ms())
+            .unwrap_or(i64::MAX)
+            .saturating_sub(logged_ms);
+        if age_ms < i64::try_from(BLOCK_SHARE_GRACE.as_millis()).unwrap_or(i64::MAX) {
+            return Ok(Credit::Wait);
+        }
+        tracing::warn!(
+            block = hash,
+            "a logged block has no share row (its share was not recorded): not credited"
+        );
         return Ok(Credit::NotOurs);
     };
     if share > ingested {
@@ -299,8 +334,33 @@ pub async fn credit_block(
         return Ok(Credit::Posted(posted.id()));
     }
     let window = w.low_u128() * sharing.window_factor();
+    // PPLNS: the window ends at the block's own share. TIDES: it was fixed when the block's job was
+    // issued, at the newest share durable then (its jobs row); a share from before job rows existed
+    // falls back to the block's share, and the memo says so.
+    let (upto, anchor) = match sharing {
+        crate::config::Sharing::Tides => {
+            let fixed: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT j.job_id, j.shares_before FROM shares s JOIN jobs j ON j.job_id = s.job_id WHERE s.id = ?",
+            )
+            .bind(share)
+            .fetch_optional(log)
+            .await
+            .map_err(|e| format!("share log: {e}"))?;
+            match fixed {
+                Some((job, before)) => (
+                    before,
+                    format!(", the window fixed when job {job} was issued (up to share {before})"),
+                ),
+                None => (
+                    share,
+                    format!(", up to share {share} (its job has no row: window not fixed at issue)"),
+                ),
+            }
+        }
+        _ => (share, String::new()),
+    };
     let shares = ledger
-        .work_window_upto(SOURCE, share.unsigned_abs(), window)
+        .work_window_upto(SOURCE, upto.unsigned_abs(), window)
         .await
         .map_err(|e| e.to_string())?;
     let mut by_owner: BTreeMap<String, u128> = BTreeMap::new();
@@ -320,7 +380,8 @@ pub async fn credit_block(
             .push(Posting::credit(Account::Platform(PlatformAccount::Fees), fee).map_err(|e| e.to_string())?);
     }
     if amounts.is_empty() && part.to_msat() > 0 {
-        // No work in the window (cannot happen for a block found by a share, but stay exact).
+        // No work in the window (TIDES: a block on a job issued before any share; PPLNS cannot have
+        // an empty window, but stay exact): the miners' part goes to the pool reserve.
         postings.push(
             Posting::credit(Account::Platform(PlatformAccount::PoolReserve), part)
                 .map_err(|e| e.to_string())?,
@@ -333,7 +394,7 @@ pub async fn credit_block(
     let tx = Transaction::new(
         &format!("block:{hash}"),
         &format!(
-            "block {height}: {} over {window} hashes of work, fee {fee_ppm} ppm",
+            "block {height}: {} over {window} hashes of work, fee {fee_ppm} ppm{anchor}",
             sharing.name()
         ),
         postings,
@@ -353,7 +414,7 @@ async fn credit_blocks(
     ingested: i64,
 ) -> Result<i64, String> {
     let rows = sqlx::query(
-        "SELECT id, hash, height, block FROM blocks WHERE id > ? AND fate = 'accepted' ORDER BY id LIMIT 100",
+        "SELECT id, hash, height, block, ts_ms FROM blocks WHERE id > ? AND fate = 'accepted' ORDER BY id LIMIT 100",
     )
     .bind(after)
     .fetch_all(log)
@@ -365,7 +426,14 @@ async fn credit_blocks(
         let hash: String = r.try_get(1).map_err(|e| e.to_string())?;
         let height: i64 = r.try_get(2).map_err(|e| e.to_string())?;
         let raw: Vec<u8> = r.try_get(3).map_err(|e| e.to_string())?;
-        match credit_block(log, ledger, rule, &hash, height, &raw, ingested).await? {
+        let logged_ms: i64 = r.try_get(4).map_err(|e| e.to_string())?;
+        let b = LoggedBlock {
+            hash: &hash,
+            height,
+            raw: &raw,
+            logged_ms,
+        };
+        match credit_block(log, ledger, rule, b, ingested).await? {
             Credit::Wait => break,
             Credit::Posted(_) | Credit::NotOurs => pos = id,
         }

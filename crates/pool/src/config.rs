@@ -38,7 +38,8 @@ pub enum Sharing {
     /// Pay per last N shares, `N = 2·D`.
     #[default]
     Pplns,
-    /// PPLNS with `N = 8·D`. The window ends at the block's own share (not fixed at job issue).
+    /// PPLNS with `N = 8·D`, the window fixed when the block's job was issued (it ends at the newest
+    /// share durable then).
     Tides,
     /// Pay per share: `d/D × B × (1−f)` per accepted share, at once, from the pool reserve; the
     /// pool's blocks refill the reserve.

@@ -88,6 +88,7 @@ pub struct JobRecord {
     /// `E[F]` for FPPS at issue: the mean fees of recent templates, sat.
     pub expected_fees_sat: i64,
 }
+// The row also gets `shares_before`: the newest share queued before the job (TIDES's window end).
 
 enum Record {
     Share(ShareRecord),
@@ -134,7 +135,8 @@ const SCHEMA: &[&str] = &[
         bits INTEGER NOT NULL CHECK (bits >= 0 AND bits < 4294967296),
         subsidy_sat INTEGER NOT NULL CHECK (subsidy_sat >= 0),
         fees_sat INTEGER NOT NULL CHECK (fees_sat >= 0),
-        expected_fees_sat INTEGER NOT NULL CHECK (expected_fees_sat >= 0))",
+        expected_fees_sat INTEGER NOT NULL CHECK (expected_fees_sat >= 0),
+        shares_before INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS blocks (
         id INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
@@ -162,6 +164,18 @@ impl ShareLog {
             .map_err(|e| LogError(format!("opening {}: {e}", path.display())))?;
         for stmt in SCHEMA {
             sqlx::query(*stmt)
+                .execute(&db)
+                .await
+                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+        }
+        // Job rows written before `shares_before` existed get the column (0: not fixed at issue).
+        let has: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'shares_before'")
+                .fetch_one(&db)
+                .await
+                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+        if has == 0 {
+            sqlx::query("ALTER TABLE jobs ADD COLUMN shares_before INTEGER NOT NULL DEFAULT 0")
                 .execute(&db)
                 .await
                 .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
@@ -324,44 +338,11 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
 /// commit prepares a statement.
 pub const ROWS_PER_INSERT: usize = 64;
 
-async fn commit(
-    conn: &mut sqlx::SqliteConnection,
-    batch: &[(Record, oneshot::Sender<Result<(), LogError>>)],
+/// Inserts `shares` in order, at most [`ROWS_PER_INSERT`] per statement.
+async fn insert_shares(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    shares: &[(&ShareRecord, i64, i64)],
 ) -> Result<(), LogError> {
-    use sqlx::Connection as _;
-    let err = |e: sqlx::Error| LogError(e.to_string());
-    let mut shares = Vec::with_capacity(batch.len());
-    let mut blocks = Vec::new();
-    let mut jobs = Vec::new();
-    for (r, _) in batch {
-        match r {
-            Record::Job(j) => jobs.push(j),
-            Record::Share(s) => {
-                let p = s.difficulty.to_fixed();
-                let int = i64::try_from(p >> 32).map_err(|_| LogError("difficulty too large".into()))?;
-                let frac = i64::try_from(p & 0xffff_ffff).unwrap_or(0);
-                shares.push((s, int, frac));
-            }
-            Record::Block(b) => blocks.push(b),
-        }
-    }
-    let mut tx = conn.begin().await.map_err(err)?;
-    for j in jobs {
-        sqlx::query(
-            "INSERT INTO jobs (job_id, ts_ms, height, bits, subsidy_sat, fees_sat, expected_fees_sat) VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(j.job_id)
-        .bind(j.ts_ms)
-        .bind(j.height)
-        .bind(i64::from(j.bits))
-        .bind(j.subsidy_sat)
-        .bind(j.fees_sat)
-        .bind(j.expected_fees_sat)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-    }
     for chunk in shares.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO shares (ts_ms, address, worker, job_id, diff_int, diff_frac, extranonce1, extranonce2, header, is_block) ",
@@ -378,8 +359,54 @@ async fn commit(
                 .push_bind(&s.header[..])
                 .push_bind(s.is_block);
         });
-        q.build().execute(&mut *tx).await.map_err(err)?;
+        q.build()
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| LogError(e.to_string()))?;
     }
+    Ok(())
+}
+
+async fn commit(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[(Record, oneshot::Sender<Result<(), LogError>>)],
+) -> Result<(), LogError> {
+    use sqlx::Connection as _;
+    let err = |e: sqlx::Error| LogError(e.to_string());
+    // Rows go in queue order: a job row's `shares_before` is the newest share queued before it.
+    let mut tx = conn.begin().await.map_err(err)?;
+    let mut shares = Vec::with_capacity(batch.len());
+    let mut blocks = Vec::new();
+    for (r, _) in batch {
+        match r {
+            Record::Job(j) => {
+                insert_shares(&mut tx, &shares).await?;
+                shares.clear();
+                sqlx::query(
+                    "INSERT INTO jobs (job_id, ts_ms, height, bits, subsidy_sat, fees_sat, expected_fees_sat, shares_before) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM shares)) ON CONFLICT (job_id) DO NOTHING",
+                )
+                .bind(j.job_id)
+                .bind(j.ts_ms)
+                .bind(j.height)
+                .bind(i64::from(j.bits))
+                .bind(j.subsidy_sat)
+                .bind(j.fees_sat)
+                .bind(j.expected_fees_sat)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            }
+            Record::Share(s) => {
+                let p = s.difficulty.to_fixed();
+                let int = i64::try_from(p >> 32).map_err(|_| LogError("difficulty too large".into()))?;
+                let frac = i64::try_from(p & 0xffff_ffff).unwrap_or(0);
+                shares.push((s, int, frac));
+            }
+            Record::Block(b) => blocks.push(b),
+        }
+    }
+    insert_shares(&mut tx, &shares).await?;
     for b in blocks {
         sqlx::query(
             "INSERT INTO blocks (ts_ms, height, hash, finder, block, fate) VALUES (?, ?, ?, ?, ?, ?)",

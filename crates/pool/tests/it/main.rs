@@ -697,9 +697,12 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
             sharing: pool::config::Sharing::Pplns,
             fee_ppm: 10_000,
         },
-        &row.0,
-        row.1,
-        &row.2,
+        pool::accounting::LoggedBlock {
+            hash: &row.0,
+            height: row.1,
+            raw: &row.2,
+            logged_ms: 0,
+        },
         i64::MAX,
     )
     .await
@@ -873,14 +876,58 @@ async fn tides_uses_a_window_of_eight_times_the_block_work() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Stop the pool first so no further block is credited while the books are read.
+    let db = h.pool.log().db().clone();
     h.pool.shutdown().await;
     let credits = l.history(&mined, 1000).await.unwrap();
+    let mut to_miner = 0i64;
     for c in &credits {
-        // At the dev chain's floor a block's work is 2 hashes: TIDES pays the last 8 · 2 = 16.
+        // At the dev chain's floor a block's work is 2 hashes: TIDES pays the last 8 · 2 = 16...
         assert!(c.memo.contains("TIDES over 16 hashes"), "{}", c.memo);
+        // ...of the shares durable when the block's job was issued, not up to the block's share.
+        let hash = c.key.strip_prefix("block:").unwrap();
+        let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT block FROM blocks WHERE hash = ?")
+            .bind(hash)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        let (share, job, before): (i64, i64, i64) = sqlx::query_as(
+            "SELECT s.id, j.job_id, j.shares_before FROM shares s JOIN jobs j ON j.job_id = s.job_id \
+             WHERE s.is_block = 1 AND s.header = ?",
+        )
+        .bind(&raw[..80])
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert!(before < share, "the window ends before the block's own share");
+        assert!(
+            c.memo
+                .contains(&format!("fixed when job {job} was issued (up to share {before})")),
+            "{}",
+            c.memo
+        );
+        let postings = l.postings_of(&c.key).await.unwrap();
+        let immature = format!("user/{ADDR}/immature");
+        let got = postings
+            .iter()
+            .find(|(n, _)| *n == immature)
+            .map_or(0, |(_, m)| *m);
+        if before == 0 {
+            assert_eq!(
+                got, 0,
+                "no share before the job: the reserve takes the miners' part"
+            );
+        } else {
+            assert_eq!(got, -c.msat, "one miner: the whole reward");
+        }
+        to_miner += got;
     }
+    assert_eq!(l.balance(&Account::immature(ADDR)).await.unwrap(), to_miner);
     let total: i64 = credits.iter().map(|c| -c.msat).sum();
-    assert_eq!(l.balance(&Account::immature(ADDR)).await.unwrap(), total);
+    let reserve = l
+        .balance(&Account::Platform(PlatformAccount::PoolReserve))
+        .await
+        .unwrap();
+    assert_eq!(to_miner + reserve, total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
