@@ -1166,3 +1166,45 @@ async fn fpps_prices_each_share_by_its_job_and_never_pays_twice() {
     );
     assert!(l.verify().await.unwrap().problems.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_row_records_the_newest_share_queued_before_it() {
+    use pool::share_log::{JobRecord, ShareLog, ShareRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _w) = ShareLog::open(&dir.path().join("pool.sqlite")).await.unwrap();
+    let share = |job: i64| ShareRecord {
+        ts_ms: 1,
+        address: ADDR.into(),
+        worker: "w".into(),
+        job_id: job,
+        difficulty: Difficulty::ONE,
+        extranonce1: vec![0; 4],
+        extranonce2: vec![0; 4],
+        header: [0; 80],
+        is_block: false,
+    };
+    let job = |id: i64| JobRecord {
+        job_id: id,
+        ts_ms: 1,
+        height: 1,
+        bits: 0x207fffff,
+        subsidy_sat: 5_000_000_000,
+        fees_sat: 0,
+        expected_fees_sat: 0,
+    };
+    // Queued without waiting, so several land in one commit: the rows still go in queue order.
+    log.enqueue_job(job(1)).await.unwrap();
+    let a = log.enqueue_share(share(1)).await.unwrap();
+    let b = log.enqueue_share(share(1)).await.unwrap();
+    log.enqueue_job(job(2)).await.unwrap();
+    let c = log.enqueue_share(share(2)).await.unwrap();
+    for w in [a, b, c] {
+        w.wait().await.unwrap();
+    }
+    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT job_id, shares_before FROM jobs ORDER BY job_id")
+        .fetch_all(log.db())
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(1, 0), (2, 2)]);
+    assert_eq!(log.max_job_id().await.unwrap(), 2);
+}
