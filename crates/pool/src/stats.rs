@@ -50,6 +50,45 @@ impl WorkerStats {
     }
 }
 
+/// Workers by address, then by name: a share's lookup borrows its strings (no allocation), and one
+/// address's workers are read without scanning the others.
+#[derive(Debug, Default)]
+struct Workers {
+    by_address: HashMap<String, HashMap<String, WorkerStats>>,
+    count: usize,
+}
+
+impl Workers {
+    /// Drops the worker seen longest ago (a linear scan, only when the table is full).
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .by_address
+            .iter()
+            .flat_map(|(a, m)| m.iter().map(move |(n, w)| (w.last_share_ms, a, n)))
+            .min()
+            .map(|(_, a, n)| (a.clone(), n.clone()));
+        if let Some((a, n)) = oldest {
+            if let Some(m) = self.by_address.get_mut(&a) {
+                if m.remove(&n).is_some() {
+                    self.count -= 1;
+                }
+                if m.is_empty() {
+                    self.by_address.remove(&a);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `hex` is the lowercase hex of `bytes`.
+fn is_hex_of(hex: &str, bytes: &[u8]) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    hex.len() == bytes.len() * 2
+        && hex.as_bytes().chunks(2).zip(bytes).all(|(h, b)| {
+            h.first() == HEX.get(usize::from(b >> 4)) && h.get(1) == HEX.get(usize::from(b & 15))
+        })
+}
+
 /// Counters for status lines, metrics and the API.
 #[derive(Debug, Default)]
 pub struct PoolStats {
@@ -76,7 +115,7 @@ pub struct PoolStats {
     clean_last_us: AtomicU64,
     latency: [AtomicU64; 12],
     latency_sum_us: AtomicU64,
-    workers: Mutex<HashMap<(String, String), WorkerStats>>,
+    workers: Mutex<Workers>,
 }
 
 impl PoolStats {
@@ -129,27 +168,34 @@ impl PoolStats {
         achieved: Difficulty,
         now_ms: u64,
     ) {
-        let mut map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= WORKERS_TRACKED_MAX && !map.contains_key(&(address.to_string(), worker.to_string())) {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, w)| w.last_share_ms)
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+        let mut guard = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let known = guard
+            .by_address
+            .get(address)
+            .is_some_and(|m| m.contains_key(worker));
+        if !known {
+            if guard.count >= WORKERS_TRACKED_MAX {
+                guard.evict_oldest();
             }
+            guard.count += 1;
+            guard.by_address.entry(address.to_string()).or_default().insert(
+                worker.to_string(),
+                WorkerStats {
+                    session_id: stratum::to_hex(session),
+                    start_ms: now_ms,
+                    last_share_ms: now_ms,
+                    best: Difficulty::MIN,
+                    accepted: 0,
+                    minutes: Vec::new(),
+                },
+            );
         }
-        let w = map
-            .entry((address.to_string(), worker.to_string()))
-            .or_insert_with(|| WorkerStats {
-                session_id: stratum::to_hex(session),
-                start_ms: now_ms,
-                last_share_ms: now_ms,
-                best: Difficulty::MIN,
-                accepted: 0,
-                minutes: Vec::new(),
-            });
-        w.session_id = stratum::to_hex(session);
+        let Some(w) = guard.by_address.get_mut(address).and_then(|m| m.get_mut(worker)) else {
+            return;
+        };
+        if !is_hex_of(&w.session_id, session) {
+            w.session_id = stratum::to_hex(session);
+        }
         w.last_share_ms = now_ms;
         w.best = w.best.max(achieved);
         w.accepted += 1;
@@ -166,10 +212,10 @@ impl PoolStats {
     pub fn workers_of(&self, address: &str) -> Vec<(String, WorkerStats)> {
         let map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<(String, WorkerStats)> = map
-            .iter()
-            .filter(|((a, _), _)| a == address)
-            .map(|((_, n), w)| (n.clone(), w.clone()))
-            .collect();
+            .by_address
+            .get(address)
+            .map(|m| m.iter().map(|(n, w)| (n.clone(), w.clone())).collect())
+            .unwrap_or_default();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -177,7 +223,11 @@ impl PoolStats {
     /// Pool hashrate over the window (sum of workers).
     pub fn hashrate(&self, now_ms: u64) -> f64 {
         let map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().map(|w| w.hashrate(now_ms)).sum()
+        map.by_address
+            .values()
+            .flat_map(|m| m.values())
+            .map(|w| w.hashrate(now_ms))
+            .sum()
     }
 
     /// Prometheus text exposition.
@@ -278,5 +328,52 @@ impl PoolStats {
             &lines,
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+    use super::*;
+
+    #[test]
+    fn workers_are_kept_per_address_and_the_longest_unseen_goes_first() {
+        let s = PoolStats::default();
+        let d = Difficulty::ONE;
+        s.worker_share("a", "w1", &[0, 0, 0, 1], d, d, 60_000);
+        s.worker_share("a", "w2", &[0, 0, 0, 2], d, d, 60_001);
+        s.worker_share("b", "w1", &[0, 0, 0, 3], d, d, 60_002);
+        s.worker_share("a", "w1", &[0xab, 0, 0, 4], d, d, 120_000);
+        let a = s.workers_of("a");
+        assert_eq!(
+            a.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["w1", "w2"]
+        );
+        assert_eq!(a[0].1.accepted, 2);
+        assert_eq!(
+            a[0].1.session_id, "ab000004",
+            "the latest connection's extranonce1"
+        );
+        assert_eq!(s.workers_of("b").len(), 1);
+        assert!(s.workers_of("c").is_empty());
+        // a.w1's two difficulty-1 shares (minutes 1 and 2) are inside the window before minute 3.
+        assert!((a[0].1.hashrate(180_000) - 2.0 * 2f64.powi(32) / 600.0).abs() < 1.0);
+        // Full table: the worker seen longest ago (a.w2) is dropped for a new one.
+        {
+            let mut g = s.workers.lock().unwrap();
+            let filler = g.by_address["b"]["w1"].clone();
+            for i in 0..WORKERS_TRACKED_MAX - 3 {
+                g.by_address
+                    .entry(format!("x{i}"))
+                    .or_default()
+                    .insert("w".into(), filler.clone());
+                g.count += 1;
+            }
+        }
+        // (the filler's last share is b.w1's, 60_002: a.w2 at 60_001 is the oldest)
+        s.worker_share("c", "new", &[0, 0, 0, 5], d, d, 200_000);
+        assert_eq!(s.workers.lock().unwrap().count, WORKERS_TRACKED_MAX);
+        assert_eq!(s.workers_of("a").len(), 1, "a.w2 evicted");
+        assert_eq!(s.workers_of("c").len(), 1);
     }
 }
