@@ -62,6 +62,10 @@ fn failpoint(name: &str) {
     }
 }
 
+/// Blocks after its confirmation during which a confirmed payout is still watched (and broadcast
+/// again if a reorganisation took it out of the chain).
+pub const CONFIRMED_WATCH_DEPTH: u32 = 100;
+
 /// What a settle pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Settled {
@@ -176,7 +180,43 @@ impl Engine {
                 },
             }
         }
+        self.watch_confirmed(&mut out).await?;
         Ok(out)
+    }
+
+    /// A confirmed payout is final in the books, but a reorganisation deeper than
+    /// `--payout-confirmations` can take its block out of the best chain (and a crash can take it out
+    /// of the mempool). For [`CONFIRMED_WATCH_DEPTH`] blocks after confirmation each one is looked
+    /// up again, and one the node no longer knows is broadcast again from its recorded bytes. If
+    /// its inputs were spent elsewhere meanwhile it cannot be, and that is logged as an error (the
+    /// payee's balance is not restored: the residual risk of a reorg deeper than the setting).
+    async fn watch_confirmed(&self, out: &mut Settled) -> Result<(), String> {
+        let tip = i64::from(self.backend.tip().borrow().height);
+        let recent = self
+            .ledger
+            .payouts(Some(PayoutState::Confirmed), ledger::store::PAYOUTS_LIST_MAX)
+            .await
+            .map_err(e2s)?;
+        for p in recent.iter().take_while(|p| {
+            p.confirmed_height
+                .is_some_and(|h| h + i64::from(CONFIRMED_WATCH_DEPTH) >= tip)
+        }) {
+            let tx: Transaction =
+                deserialize(&p.raw_tx).map_err(|e| format!("payout {}: stored bytes: {e}", p.txid))?;
+            if self.backend.tx_status(&tx.compute_txid()).await.map_err(e2s)? != TxStatus::Unknown {
+                continue;
+            }
+            match self.backend.broadcast(&tx).await.map_err(e2s)? {
+                Ok(_) => {
+                    tracing::warn!(txid = %p.txid, "a confirmed payout left the best chain: broadcast again");
+                    out.rebroadcast.push(p.txid.clone());
+                }
+                Err(reason) => {
+                    tracing::error!(txid = %p.txid, %reason, "a confirmed payout left the best chain and cannot be broadcast again");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn finish(

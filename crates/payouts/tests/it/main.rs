@@ -629,3 +629,49 @@ async fn a_wallet_short_of_funds_pays_the_largest_balances_it_can_and_the_rest_w
         l.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_payout_a_reorg_took_out_of_the_chain_is_broadcast_again() {
+    for (backend, url, _keep) in test_support::fresh_databases().await {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        let wscript = wallet().script().clone();
+        mine(&node, &wscript, 101).await;
+        let l = Arc::new(Ledger::open(&url).await.unwrap());
+        let alice = addr(1);
+        credit(&l, "c1", &alice, 10_000_000_000).await;
+        let engine = payer(&node, &l);
+        let Round::Paid { txid, .. } = engine.pay().await.unwrap() else {
+            panic!("{backend}: no payout")
+        };
+        mine(&node, &wscript, 1).await;
+        // Confirmed at the configured depth (1): final in the books.
+        assert_eq!(engine.settle().await.unwrap().confirmed, vec![txid.clone()]);
+        // A reorg deeper than that takes its block out, and a restart empties the mempool.
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = n.lock();
+            let tip = c.tip().hash;
+            c.invalidate_block(&tip, chain::dev::now()).unwrap();
+        })
+        .await
+        .unwrap();
+        drop(engine);
+        drop(node);
+        let node = open_node(dir.path());
+        assert!(node.lock().find_tx(&txid.parse().unwrap()).is_none(), "{backend}");
+        let engine = payer(&node, &l);
+        let s = engine.settle().await.unwrap();
+        assert_eq!(
+            s.rebroadcast,
+            vec![txid.clone()],
+            "{backend}: the same bytes go out again"
+        );
+        mine(&node, &wscript, 1).await;
+        assert!(node.lock().find_tx(&txid.parse().unwrap()).is_some(), "{backend}");
+        assert_eq!(paid_on_chain(&node, &alice).len(), 1, "{backend}: paid once");
+        assert!(engine.settle().await.unwrap().rebroadcast.is_empty());
+        assert!(l.verify().await.unwrap().problems.is_empty());
+        l.close().await;
+    }
+}
