@@ -590,16 +590,23 @@ fn random_histories_of_blocks_orphans_payouts_and_crashes_keep_the_books_and_pay
     }
 }
 
+/// A fresh dev chain whose first 101 blocks pay the pool wallet (two coinbases spendable in the next
+/// block), and a ledger at `url`: (data dir, node, wallet script, ledger).
+async fn funded_wallet(url: &str) -> (tempfile::TempDir, DevNode, ScriptBuf, Arc<Ledger>) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_node(dir.path());
+    let wscript = wallet().script().clone();
+    mine(&node, &wscript, 101).await;
+    let l = Arc::new(Ledger::open(url).await.unwrap());
+    (dir, node, wscript, l)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wallet_short_of_funds_pays_the_largest_balances_it_can_and_the_rest_wait() {
     for (backend, url, _keep) in test_support::fresh_databases().await {
-        let dir = tempfile::tempdir().unwrap();
-        let node = open_node(dir.path());
-        let wscript = wallet().script().clone();
         // 101 blocks: two coinbases spendable in the next block, 100 BTC. Balances of 60 and 50 BTC
         // (PPS pays ahead of the blocks that cover it): only the larger fits.
-        mine(&node, &wscript, 101).await;
-        let l = Arc::new(Ledger::open(&url).await.unwrap());
+        let (_dir, node, wscript, l) = funded_wallet(&url).await;
         let (alice, bob) = (addr(1), addr(2));
         credit(&l, "c1", &alice, 6_000_000_000_000).await;
         credit(&l, "c2", &bob, 5_000_000_000_000).await;
@@ -633,11 +640,7 @@ async fn a_wallet_short_of_funds_pays_the_largest_balances_it_can_and_the_rest_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmed_payout_a_reorg_took_out_of_the_chain_is_broadcast_again() {
     for (backend, url, _keep) in test_support::fresh_databases().await {
-        let dir = tempfile::tempdir().unwrap();
-        let node = open_node(dir.path());
-        let wscript = wallet().script().clone();
-        mine(&node, &wscript, 101).await;
-        let l = Arc::new(Ledger::open(&url).await.unwrap());
+        let (dir, node, wscript, l) = funded_wallet(&url).await;
         let alice = addr(1);
         credit(&l, "c1", &alice, 10_000_000_000).await;
         let engine = payer(&node, &l);
