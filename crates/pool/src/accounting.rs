@@ -321,17 +321,11 @@ pub async fn credit_block(
             Posting::credit(Account::Platform(PlatformAccount::PoolReserve), reward)
                 .map_err(|e| e.to_string())?,
         ];
-        let tx = Transaction::new(
-            &format!("block:{hash}"),
-            &format!(
-                "block {height}: reward into the pool reserve ({})",
-                sharing.name()
-            ),
-            postings,
-        )
-        .map_err(|e| e.to_string())?;
-        let posted = ledger.post(&tx).await.map_err(|e| e.to_string())?;
-        return Ok(Credit::Posted(posted.id()));
+        let memo = format!(
+            "block {height}: reward into the pool reserve ({})",
+            sharing.name()
+        );
+        return post_block_credit(ledger, hash, &memo, postings).await;
     }
     let window = w.low_u128() * sharing.window_factor();
     // PPLNS: the window ends at the block's own share. TIDES: it was fixed when the block's job was
@@ -391,15 +385,21 @@ pub async fn credit_block(
         let owner = owners.get(i as usize).ok_or("owner index out of range")?;
         postings.push(Posting::credit(Account::immature(owner), msat(a)?).map_err(|e| e.to_string())?);
     }
-    let tx = Transaction::new(
-        &format!("block:{hash}"),
-        &format!(
-            "block {height}: {} over {window} hashes of work, fee {fee_ppm} ppm{anchor}",
-            sharing.name()
-        ),
-        postings,
-    )
-    .map_err(|e| e.to_string())?;
+    let memo = format!(
+        "block {height}: {} over {window} hashes of work, fee {fee_ppm} ppm{anchor}",
+        sharing.name()
+    );
+    post_block_credit(ledger, hash, &memo, postings).await
+}
+
+/// Posts a block's credit under its key `block:<hash>` (a retry is a no-op).
+async fn post_block_credit(
+    ledger: &Ledger,
+    hash: &str,
+    memo: &str,
+    postings: Vec<Posting>,
+) -> Result<Credit, String> {
+    let tx = Transaction::new(&format!("block:{hash}"), memo, postings).map_err(|e| e.to_string())?;
     let posted = ledger.post(&tx).await.map_err(|e| e.to_string())?;
     Ok(Credit::Posted(posted.id()))
 }

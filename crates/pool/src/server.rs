@@ -276,12 +276,9 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
             ));
             tracing::debug!(job = job.id, height = job.template.height, clean, "new job");
             // Its row goes into the share log queue before any connection can see the job.
-            let fees = i64::try_from(job.template.fees().to_sat()).unwrap_or(i64::MAX);
-            let subsidy = job
-                .template
-                .coinbase_value
-                .to_sat()
-                .saturating_sub(job.template.fees().to_sat());
+            let fees_sat = job.template.fees().to_sat();
+            let fees = i64::try_from(fees_sat).unwrap_or(i64::MAX);
+            let subsidy = job.template.coinbase_value.to_sat().saturating_sub(fees_sat);
             let expected = {
                 let mut h = shared.fee_history.lock().unwrap_or_else(|p| p.into_inner());
                 let height = job.template.height;

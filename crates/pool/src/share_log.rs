@@ -70,7 +70,8 @@ pub struct BlockRecord {
 }
 
 /// A job as issued: what a PPS/FPPS credit for its shares is computed from (written once per job,
-/// before any share of it can be acknowledged).
+/// before any share of it can be acknowledged). The row also gets `shares_before`, the newest share
+/// queued before it: where a TIDES window for the job's blocks ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRecord {
     /// Global job number (the shares' `job_id`).
@@ -88,7 +89,6 @@ pub struct JobRecord {
     /// `E[F]` for FPPS at issue: the mean fees of recent templates, sat.
     pub expected_fees_sat: i64,
 }
-// The row also gets `shares_before`: the newest share queued before the job (TIDES's window end).
 
 enum Record {
     Share(ShareRecord),
@@ -164,18 +164,6 @@ impl ShareLog {
             .map_err(|e| LogError(format!("opening {}: {e}", path.display())))?;
         for stmt in SCHEMA {
             sqlx::query(*stmt)
-                .execute(&db)
-                .await
-                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
-        }
-        // Job rows written before `shares_before` existed get the column (0: not fixed at issue).
-        let has: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'shares_before'")
-                .fetch_one(&db)
-                .await
-                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
-        if has == 0 {
-            sqlx::query("ALTER TABLE jobs ADD COLUMN shares_before INTEGER NOT NULL DEFAULT 0")
                 .execute(&db)
                 .await
                 .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
