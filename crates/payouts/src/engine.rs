@@ -194,7 +194,9 @@ impl Engine {
         let tip = i64::from(self.backend.tip().borrow().height);
         let recent = self
             .ledger
-            .payouts(Some(PayoutState::Confirmed), ledger::store::PAYOUTS_LIST_MAX)
+            // One payout is in flight at a time and each takes a block to confirm, so at most
+            // CONFIRMED_WATCH_DEPTH of them confirmed within the watched depth: no need to read more.
+            .payouts(Some(PayoutState::Confirmed), CONFIRMED_WATCH_DEPTH)
             .await
             .map_err(e2s)?;
         for p in recent.iter().take_while(|p| {
