@@ -114,6 +114,14 @@ pub struct ServeArgs {
     /// once (PPS, FPPS: the pool reserve carries the variance).
     #[arg(long, value_enum, default_value_t = SharingArg::Pplns)]
     pub sharing: SharingArg,
+    /// PPLNS/TIDES: pay up to this many of the window's largest earners directly in the coinbase (no
+    /// custody; at most 200, and Core's -blockreservedweight must leave room: about 45 P2WPKH outputs
+    /// fit its default); smaller earners accrue a balance. 0: the coinbase pays the pool alone.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=pool::config::COINBASE_PAYEES_MAX as u64))]
+    pub coinbase_payees: u64,
+    /// Smallest coinbase payee output in satoshis; an earner below it accrues a balance instead.
+    #[arg(long, default_value_t = pool::config::COINBASE_PAYEE_MIN_SAT_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub coinbase_payee_min_sat: u64,
     /// Pool fee in parts per million of each block's reward, or of each share's PPS/FPPS value
     /// (pool mode; 10000 = 1 %).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -258,6 +266,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         SharingArg::Pps => pool::config::Sharing::Pps,
         SharingArg::Fpps => pool::config::Sharing::Fpps,
     };
+    cfg.coinbase_payees = usize::try_from(args.coinbase_payees).unwrap_or(pool::config::COINBASE_PAYEES_MAX);
+    cfg.coinbase_payee_min_sat = args.coinbase_payee_min_sat;
+    if cfg.coinbase_payees > 0 {
+        match (&cfg.payout, cfg.sharing.per_share()) {
+            (PayoutScheme::Solo, _) => anyhow::bail!("--coinbase-payees needs --payout-scheme pool (SOLO coinbases pay the finder)"),
+            (_, true) => anyhow::bail!("--coinbase-payees needs --sharing pplns or tides (PPS/FPPS pay every share from the reserve)"),
+            _ => println!(
+                "coinbase payouts: up to {} of the window's largest earners are paid in the coinbase (outputs of at least {} sat); the rest accrue",
+                cfg.coinbase_payees, cfg.coinbase_payee_min_sat
+            ),
+        }
+    }
     cfg.ledger_backlog_max = args.ledger_backlog_max.max(1);
     cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);
     cfg.vardiff.max = units::Difficulty::from_f64(args.max_difficulty).context("--max-difficulty")?;

@@ -27,6 +27,10 @@ pub enum UserBucket {
     Available,
     /// Earned from blocks not yet 100 confirmations deep.
     Immature,
+    /// Paid to the owner directly in a coinbase output of a block not yet 100 confirmations deep
+    /// (no custody: the coins are the owner's on chain; the pool never holds them). At maturity it
+    /// moves to `platform/paid-out`; if the block leaves the best chain it is reversed.
+    Coinbase,
     /// Held for a marketplace order.
     Escrow(u64),
 }
@@ -107,6 +111,13 @@ impl Account {
             bucket: UserBucket::Immature,
         }
     }
+    /// What a user was paid in coinbase outputs of blocks not yet mature.
+    pub fn coinbase(owner: &str) -> Account {
+        Account::User {
+            owner: owner.to_string(),
+            bucket: UserBucket::Coinbase,
+        }
+    }
 
     /// Whether the balance may be negative: where money enters the books (mined coins, and the
     /// pool reserve, which pays PPS/FPPS credits ahead of the blocks that cover them).
@@ -146,6 +157,7 @@ impl Account {
                 let bucket = match rest {
                     ["available"] => UserBucket::Available,
                     ["immature"] => UserBucket::Immature,
+                    ["coinbase"] => UserBucket::Coinbase,
                     ["escrow", n] => {
                         UserBucket::Escrow(n.parse().map_err(|_| bad("escrow order must be a number"))?)
                     }
@@ -167,6 +179,7 @@ impl fmt::Display for Account {
             Account::User { owner, bucket } => match bucket {
                 UserBucket::Available => write!(f, "user/{owner}/available"),
                 UserBucket::Immature => write!(f, "user/{owner}/immature"),
+                UserBucket::Coinbase => write!(f, "user/{owner}/coinbase"),
                 UserBucket::Escrow(n) => write!(f, "user/{owner}/escrow/{n}"),
             },
             Account::Platform(p) => f.write_str(match p {
@@ -308,6 +321,7 @@ mod tests {
         for a in [
             Account::available("bcrt1qxyz"),
             Account::immature("bcrt1qxyz"),
+            Account::coinbase("bcrt1qxyz"),
             Account::User {
                 owner: "u1".into(),
                 bucket: UserBucket::Escrow(42),

@@ -25,9 +25,14 @@
 //! the whole reward from `platform/mined`), which may be negative: the operator's capital carries
 //! the variance, as PPS pools' do.
 //!
+//! With coinbase payees ([`crate::payees`]) a block's job paid the window's largest earners in its
+//! coinbase: that block is credited from the window fixed in the job's plan, each payee's output
+//! into `user/<owner>/coinbase` and the rest of each amount into immature balances.
+//!
 //! Then each credited block is settled ([`settle_block`]): once it is [`COINBASE_MATURITY`] deep
-//! in the best chain, every owner's credit moves from immature to available (`mature:<hash>`); if it
-//! leaves the best chain first, the credit is reversed posting by posting (`orphan:<hash>`).
+//! in the best chain, every owner's credit moves from immature to available and every coinbase
+//! payee's output to `platform/paid-out` (`mature:<hash>`); if it leaves the best chain first, the
+//! credit is reversed posting by posting (`orphan:<hash>`).
 
 use crate::stats::PoolStats;
 use ledger::schemes::{block_work, fee_split, split_by_weight};
@@ -130,21 +135,41 @@ pub async fn settle_block(
         Some(c) if c < COINBASE_MATURITY => Ok(Settlement::Pending(c)),
         Some(_) => {
             let mut p = Vec::new();
+            let mut paid_in_coinbase = 0i64;
             for (name, msat) in &postings {
-                if let Account::User {
-                    owner,
-                    bucket: ledger::UserBucket::Immature,
-                } = parse(name)?
-                {
-                    p.push(Posting {
-                        account: Account::immature(&owner),
-                        msat: -msat,
-                    });
-                    p.push(Posting {
-                        account: Account::available(&owner),
-                        msat: *msat,
-                    });
+                match parse(name)? {
+                    Account::User {
+                        owner,
+                        bucket: ledger::UserBucket::Immature,
+                    } => {
+                        p.push(Posting {
+                            account: Account::immature(&owner),
+                            msat: -msat,
+                        });
+                        p.push(Posting {
+                            account: Account::available(&owner),
+                            msat: *msat,
+                        });
+                    }
+                    // Paid on chain by the coinbase itself: spendable by its owner now, so paid out.
+                    Account::User {
+                        owner,
+                        bucket: ledger::UserBucket::Coinbase,
+                    } => {
+                        p.push(Posting {
+                            account: Account::coinbase(&owner),
+                            msat: -msat,
+                        });
+                        paid_in_coinbase = paid_in_coinbase.checked_add(*msat).ok_or("paid overflow")?;
+                    }
+                    _ => {}
                 }
+            }
+            if paid_in_coinbase != 0 {
+                p.push(Posting {
+                    account: Account::Platform(PlatformAccount::PaidOut),
+                    msat: paid_in_coinbase,
+                });
             }
             if !p.is_empty() {
                 let tx = Transaction::new(
@@ -213,12 +238,27 @@ async fn settle_blocks(
 }
 
 /// How a pool-mode block is shared: the window rule and the pool fee.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Rule {
     /// PPLNS or TIDES.
     pub sharing: crate::config::Sharing,
     /// Pool fee, parts per million of the reward.
     pub fee_ppm: u32,
+    /// Coinbase payouts: the rule that books a coinbase's payee outputs (needed to credit any block
+    /// whose job paid payees), and the slot new plans go to when the pool pays payees
+    /// ([`crate::payees`]).
+    pub payees: Option<(crate::payees::PayeeRule, Option<crate::server::PlanSlot>)>,
+}
+
+impl Rule {
+    /// A rule without coinbase payees.
+    pub fn new(sharing: crate::config::Sharing, fee_ppm: u32) -> Rule {
+        Rule {
+            sharing,
+            fee_ppm,
+            payees: None,
+        }
+    }
 }
 
 /// What happened to one accepted block.
@@ -256,7 +296,7 @@ pub struct LoggedBlock<'a> {
 pub async fn credit_block(
     log: &SqlitePool,
     ledger: &Ledger,
-    rule: Rule,
+    rule: &Rule,
     b: LoggedBlock<'_>,
     ingested: i64,
 ) -> Result<Credit, String> {
@@ -267,7 +307,7 @@ pub async fn credit_block(
         raw,
         logged_ms,
     } = b;
-    let Rule { sharing, fee_ppm } = rule;
+    let (sharing, fee_ppm) = (rule.sharing, rule.fee_ppm);
     // Credited before (e.g. re-examined after a restart): no window to read again.
     if let Some(id) = ledger
         .find_key(&format!("block:{hash}"))
@@ -327,30 +367,32 @@ pub async fn credit_block(
         );
         return post_block_credit(ledger, hash, &memo, postings).await;
     }
+    let job_row: Option<(i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT j.job_id, j.shares_before, j.payout_plan FROM shares s JOIN jobs j ON j.job_id = s.job_id WHERE s.id = ?",
+    )
+    .bind(share)
+    .fetch_optional(log)
+    .await
+    .map_err(|e| format!("share log: {e}"))?;
+    if let Some((job, _, Some(plan))) = &job_row {
+        // The job's coinbase paid payees from a window fixed at issue: book what it paid.
+        return credit_coinbase_payees(ledger, rule, (hash, height), coinbase, *job, plan).await;
+    }
     let window = w.low_u128() * sharing.window_factor();
     // PPLNS: the window ends at the block's own share. TIDES: it was fixed when the block's job was
     // issued, at the newest share durable then (its jobs row); a share from before job rows existed
     // falls back to the block's share, and the memo says so.
     let (upto, anchor) = match sharing {
-        crate::config::Sharing::Tides => {
-            let fixed: Option<(i64, i64)> = sqlx::query_as(
-                "SELECT j.job_id, j.shares_before FROM shares s JOIN jobs j ON j.job_id = s.job_id WHERE s.id = ?",
-            )
-            .bind(share)
-            .fetch_optional(log)
-            .await
-            .map_err(|e| format!("share log: {e}"))?;
-            match fixed {
-                Some((job, before)) => (
-                    before,
-                    format!(", the window fixed when job {job} was issued (up to share {before})"),
-                ),
-                None => (
-                    share,
-                    format!(", up to share {share} (its job has no row: window not fixed at issue)"),
-                ),
-            }
-        }
+        crate::config::Sharing::Tides => match job_row.map(|(job, before, _)| (job, before)) {
+            Some((job, before)) => (
+                before,
+                format!(", the window fixed when job {job} was issued (up to share {before})"),
+            ),
+            None => (
+                share,
+                format!(", up to share {share} (its job has no row: window not fixed at issue)"),
+            ),
+        },
         _ => (share, String::new()),
     };
     let shares = ledger
@@ -392,6 +434,60 @@ pub async fn credit_block(
     post_block_credit(ledger, hash, &memo, postings).await
 }
 
+/// Credits a block whose job's coinbase paid window earners directly: the window is read again from
+/// the job's plan (the work log up to a share id never changes), the split recomputed exactly, and
+/// the coinbase booked against it ([`crate::payees::PayeePlan::decompose`]): each payee's output into
+/// `user/<owner>/coinbase`, the rest of each owner's amount into its immature balance, the fee to
+/// `platform/fees`; together exactly the reward taken from `platform/mined`.
+async fn credit_coinbase_payees(
+    ledger: &Ledger,
+    rule: &Rule,
+    (hash, height): (&str, i64),
+    coinbase: &bitcoin::Transaction,
+    job: i64,
+    plan: &str,
+) -> Result<Credit, String> {
+    use crate::payees::{PayeePlan, PlanRef};
+    let r = PlanRef::parse(plan)?;
+    let prule = rule.payees.as_ref().map(|(p, _)| p).ok_or_else(|| {
+        format!("block {hash}: job {job} paid coinbase payees, but this pool has no payee rule")
+    })?;
+    let shares = ledger
+        .work_window_upto(SOURCE, r.upto.unsigned_abs(), r.window)
+        .await
+        .map_err(|e| e.to_string())?;
+    let plan = PayeePlan::new(shares, r.upto, r.window, prule);
+    let d = plan
+        .decompose(coinbase, r.fee_ppm, prule)
+        .map_err(|e| format!("block {hash}: {e}"))?;
+    let e = |x: ledger::TxError| x.to_string();
+    let msat = |v: u64| units::MilliSats::new(v).map_err(|e| e.to_string());
+    let reward = d.fee.checked_add(d.part).map_err(|e| e.to_string())?;
+    let mut postings = vec![Posting::debit(Account::Platform(PlatformAccount::Mined), reward).map_err(e)?];
+    if d.fee.to_msat() > 0 {
+        postings.push(Posting::credit(Account::Platform(PlatformAccount::Fees), d.fee).map_err(e)?);
+    }
+    if d.paid.is_empty() && d.credits.is_empty() && d.part.to_msat() > 0 {
+        postings.push(Posting::credit(Account::Platform(PlatformAccount::PoolReserve), d.part).map_err(e)?);
+    }
+    for (owner, sat) in &d.paid {
+        let m = sat.checked_mul(1000).ok_or("payee overflow")?;
+        postings.push(Posting::credit(Account::coinbase(owner), msat(m)?).map_err(e)?);
+    }
+    for (owner, m) in &d.credits {
+        postings.push(Posting::credit(Account::immature(owner), msat(*m)?).map_err(e)?);
+    }
+    let memo = format!(
+        "block {height}: {} over {} hashes of work, fee {} ppm, {} paid in the coinbase, the window fixed when job {job} was issued (up to share {})",
+        rule.sharing.name(),
+        r.window,
+        r.fee_ppm,
+        d.paid.len(),
+        r.upto
+    );
+    post_block_credit(ledger, hash, &memo, postings).await
+}
+
 /// Posts a block's credit under its key `block:<hash>` (a retry is a no-op).
 async fn post_block_credit(
     ledger: &Ledger,
@@ -409,7 +505,7 @@ async fn post_block_credit(
 async fn credit_blocks(
     log: &SqlitePool,
     ledger: &Ledger,
-    rule: Rule,
+    rule: &Rule,
     after: i64,
     ingested: i64,
 ) -> Result<i64, String> {
@@ -472,7 +568,7 @@ pub async fn pps_cursor(ledger: &Ledger) -> Result<i64, String> {
 pub async fn credit_shares(
     log: &SqlitePool,
     ledger: &Ledger,
-    rule: Rule,
+    rule: &Rule,
     after: i64,
     upto: i64,
 ) -> Result<(usize, i64), String> {
@@ -576,6 +672,53 @@ pub async fn credit_shares(
     Ok((rows.len(), last))
 }
 
+/// Coinbase payees: makes a new plan from the window ending at share `last` (the newest in the work
+/// log) when the current one is at least [`crate::payees::PLAN_EVERY`] old; a plan whose window has
+/// not moved is only re-dated. The window is `factor × W` for the newest job's bits.
+async fn refresh_plan(
+    log: &SqlitePool,
+    ledger: &Ledger,
+    sharing: crate::config::Sharing,
+    rule: &crate::payees::PayeeRule,
+    slot: &crate::server::PlanSlot,
+    last: i64,
+) -> Result<(), String> {
+    use crate::payees::{PayeePlan, PLAN_EVERY};
+    let current = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if current.as_ref().is_some_and(|p| p.made.elapsed() < PLAN_EVERY) {
+        return Ok(());
+    }
+    let bits: Option<i64> = sqlx::query_scalar("SELECT bits FROM jobs ORDER BY job_id DESC LIMIT 1")
+        .fetch_optional(log)
+        .await
+        .map_err(|e| format!("share log: {e}"))?;
+    let Some(bits) = bits.and_then(|b| u32::try_from(b).ok()) else {
+        return Ok(());
+    };
+    let target = units::Target::from_compact(bits).map_err(|e| e.to_string())?;
+    let w = block_work(target).map_err(|e| e.to_string())?;
+    if w.bits() > 120 {
+        return Err(format!("bits {bits:08x}: work out of range"));
+    }
+    let window = w.low_u128() * sharing.window_factor();
+    let plan = match current {
+        Some(p) if p.upto == last && p.window == window => {
+            let mut p = (*p).clone();
+            p.made = std::time::Instant::now();
+            p
+        }
+        _ => {
+            let shares = ledger
+                .work_window_upto(SOURCE, last.unsigned_abs(), window)
+                .await
+                .map_err(|e| e.to_string())?;
+            PayeePlan::new(shares, last, window, rule)
+        }
+    };
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(plan));
+    Ok(())
+}
+
 /// Runs until `token` is cancelled. `rule`: credit blocks by it (pool mode); `None` (SOLO) only
 /// copies the work.
 pub async fn ingest_loop(
@@ -611,7 +754,7 @@ pub async fn ingest_loop(
                 .await
                 .map_err(|e| e.to_string())?;
             let mut n = n;
-            if let Some(rule) = rule.filter(|r| r.sharing.per_share()) {
+            if let Some(rule) = rule.as_ref().filter(|r| r.sharing.per_share()) {
                 let from = match pps_after {
                     Some(a) => a,
                     None => pps_cursor(&ledger).await?,
@@ -620,7 +763,10 @@ pub async fn ingest_loop(
                 pps_after = Some(to);
                 n = n.max(read);
             }
-            if let Some(rule) = rule {
+            if let Some(rule) = &rule {
+                if let Some((prule, Some(slot))) = &rule.payees {
+                    refresh_plan(&log, &ledger, rule.sharing, prule, slot, last).await?;
+                }
                 blocks_after = credit_blocks(&log, &ledger, rule, blocks_after, last).await?;
                 // Settling asks the chain about every pending block: at most every SETTLE_EVERY,
                 // or at once when the tip moved.

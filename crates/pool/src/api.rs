@@ -10,9 +10,11 @@
 //!
 //! * `GET /api/v1/ledger/{owner}`: the owner's balances in msat (available, immature, …) and its
 //!   last 100 postings; `GET /api/v1/ledger/{owner}/blocks`: earnings per block (key `block:<hash>`,
-//!   matured or reversed); `GET /api/v1/ledger/{owner}/payouts`: on-chain payouts with txids, state
-//!   (in_flight, confirmed, abandoned), the amount debited and paid, and the last skip reason if
-//!   the owner could not be paid. 503 while no ledger is connected.
+//!   matured or reversed; `balance_msat` credited, `coinbase_msat` paid by a coinbase output);
+//!   `GET /api/v1/ledger/{owner}/payouts`: on-chain payouts with txids, state (in_flight, confirmed,
+//!   abandoned), the amount debited and paid, the last skip reason if the owner could not be paid,
+//!   and `coinbase`: the pool's coinbases that paid the owner directly (block, coinbase txid, sat,
+//!   immature/mature/orphaned). 503 while no ledger is connected.
 //!
 //! Only GET; no request body is read. Pool figures come from memory; the ledger endpoints read the
 //! ledger (its own connection pool, bounded).
@@ -169,25 +171,56 @@ async fn ledger_blocks(State(s): State<Arc<Shared>>, Path(owner): Path<String>) 
     let Some(l) = ledger_of(&s) else {
         return no_ledger();
     };
-    let credits = match l.history(&ledger::Account::immature(&owner), 1000).await {
-        Ok(h) => h,
-        Err(e) => return ledger_error(&e),
-    };
-    let mut blocks = Vec::new();
-    for c in credits.iter().filter(|c| c.key.starts_with("block:")) {
-        let hash = c.key.trim_start_matches("block:");
-        let state = match (
-            l.find_key(&format!("mature:{hash}")).await,
-            l.find_key(&format!("orphan:{hash}")).await,
-        ) {
-            (Ok(Some(_)), _) => "mature",
-            (_, Ok(Some(_))) => "orphaned",
-            (Ok(None), Ok(None)) => "immature",
-            (Err(e), _) | (_, Err(e)) => return ledger_error(&e),
+    // A block's credit is an immature balance, a coinbase output, or both (a payee's sub-sat rest).
+    let mut by_block: std::collections::BTreeMap<i64, (String, String, i64, i64, i64)> = Default::default();
+    for (acc, coinbase) in [
+        (ledger::Account::immature(&owner), false),
+        (ledger::Account::coinbase(&owner), true),
+    ] {
+        let credits = match l.history(&acc, 1000).await {
+            Ok(h) => h,
+            Err(e) => return ledger_error(&e),
         };
-        blocks.push(json!({"block": hash, "msat": c.msat, "state": state, "memo": c.memo, "posted_at_ms": c.posted_at_ms}));
+        for c in credits.into_iter().filter(|c| c.key.starts_with("block:")) {
+            let e = by_block
+                .entry(c.tx_id)
+                .or_insert_with(|| (c.key.clone(), c.memo.clone(), c.posted_at_ms, 0, 0));
+            if coinbase {
+                e.4 += c.msat;
+            } else {
+                e.3 += c.msat;
+            }
+        }
+    }
+    let mut blocks = Vec::new();
+    for (key, memo, at, balance, in_coinbase) in by_block.into_values().rev() {
+        let hash = key.trim_start_matches("block:");
+        let state = match block_state(l, hash).await {
+            Ok(s) => s,
+            Err(e) => return ledger_error(&e),
+        };
+        blocks.push(json!({
+            "block": hash,
+            "msat": balance + in_coinbase,
+            "balance_msat": balance,
+            "coinbase_msat": in_coinbase,
+            "state": state,
+            "memo": memo,
+            "posted_at_ms": at,
+        }));
     }
     Json(json!({"owner": owner, "blocks": blocks})).into_response()
+}
+
+/// `mature`, `orphaned` or `immature`: how a credited block stands.
+async fn block_state(l: &ledger::Ledger, hash: &str) -> Result<&'static str, ledger::LedgerError> {
+    if l.find_key(&format!("mature:{hash}")).await?.is_some() {
+        return Ok("mature");
+    }
+    if l.find_key(&format!("orphan:{hash}")).await?.is_some() {
+        return Ok("orphaned");
+    }
+    Ok("immature")
 }
 
 async fn ledger_payouts(State(s): State<Arc<Shared>>, Path(owner): Path<String>) -> Response {
@@ -218,9 +251,37 @@ async fn ledger_payouts(State(s): State<Arc<Shared>>, Path(owner): Path<String>)
             })
         })
         .collect();
+    // Coinbase payouts: the outputs of the pool's coinbases that paid this owner directly.
+    let paid = match l.history(&ledger::Account::coinbase(&owner), 1000).await {
+        Ok(h) => h,
+        Err(e) => return ledger_error(&e),
+    };
+    let mut coinbase = Vec::new();
+    for c in paid.iter().filter(|c| c.key.starts_with("block:") && c.msat > 0) {
+        let hash = c.key.trim_start_matches("block:");
+        let state = match block_state(l, hash).await {
+            Ok(s) => s,
+            Err(e) => return ledger_error(&e),
+        };
+        let raw: Option<Vec<u8>> = match sqlx::query_scalar("SELECT block FROM blocks WHERE hash = ? LIMIT 1")
+            .bind(hash)
+            .fetch_optional(s.log.db())
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("share log: {e}\n")).into_response();
+            }
+        };
+        let txid = raw
+            .and_then(|r| bitcoin::consensus::deserialize::<bitcoin::Block>(&r).ok())
+            .and_then(|b| b.txdata.first().map(|t| t.compute_txid().to_string()));
+        coinbase.push(json!({"block": hash, "txid": txid, "paid_sat": c.msat / 1000, "state": state}));
+    }
     Json(json!({
         "owner": owner,
         "payouts": payouts,
+        "coinbase": coinbase,
         "skipped": skip.map(|k| json!({"reason": k.reason, "balance_msat": k.balance_msat, "at_ms": k.at_ms})),
     }))
     .into_response()

@@ -72,6 +72,12 @@ impl Sharing {
     }
 }
 
+/// Most payee outputs one coinbase may carry (product.md: "on the order of a hundred or two"). Each
+/// costs 31–43 bytes of coinbase, hashed with every share and sent with every notify.
+pub const COINBASE_PAYEES_MAX: usize = 200;
+/// Default smallest coinbase payee output: smaller earners accrue a balance instead.
+pub const COINBASE_PAYEE_MIN_SAT_DEFAULT: u64 = 10_000;
+
 /// Default cap on open connections from one IP address: a large home or small farm fits; a
 /// misbehaving host cannot take the whole server. Farms and proxies behind one address raise it.
 pub const CONNECTIONS_PER_IP_DEFAULT: usize = 1_024;
@@ -87,6 +93,12 @@ pub struct PoolConfig {
     pub fee_ppm: u32,
     /// How pool-mode blocks are shared.
     pub sharing: Sharing,
+    /// PPLNS/TIDES pool mode: pay up to this many of the window's largest earners directly in the
+    /// coinbase ([`crate::payees`]; at most [`COINBASE_PAYEES_MAX`]); 0 pays the pool's address
+    /// alone and every earner accrues a balance.
+    pub coinbase_payees: usize,
+    /// Smallest coinbase payee output, sat ([`COINBASE_PAYEE_MIN_SAT_DEFAULT`]).
+    pub coinbase_payee_min_sat: u64,
     /// Tag in the coinbase scriptSig.
     pub coinbase_tag: Vec<u8>,
     /// Longest request line; longer closes the connection.
@@ -119,6 +131,27 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The rule that books coinbase payee outputs (pool mode), whether or not new jobs pay payees:
+    /// a block of a job issued with payees is credited by it after a restart without them.
+    pub fn payee_book(&self) -> Option<crate::payees::PayeeRule> {
+        match &self.payout {
+            PayoutScheme::Pool(script) => Some(crate::payees::PayeeRule {
+                max: self.coinbase_payees.min(COINBASE_PAYEES_MAX),
+                min_sat: self.coinbase_payee_min_sat,
+                network: self.network,
+                pool_script: script.clone(),
+            }),
+            PayoutScheme::Solo => None,
+        }
+    }
+
+    /// The coinbase payee rule, if this configuration pays payees in coinbases (pool mode, PPLNS or
+    /// TIDES, `coinbase_payees > 0`).
+    pub fn payee_rule(&self) -> Option<crate::payees::PayeeRule> {
+        self.payee_book()
+            .filter(|_| self.coinbase_payees > 0 && !self.sharing.per_share())
+    }
+
     /// Defaults for a network and payout scheme.
     pub fn new(network: Network, payout: PayoutScheme) -> PoolConfig {
         PoolConfig {
@@ -126,6 +159,8 @@ impl PoolConfig {
             payout,
             fee_ppm: 0,
             sharing: Sharing::Pplns,
+            coinbase_payees: 0,
+            coinbase_payee_min_sat: COINBASE_PAYEE_MIN_SAT_DEFAULT,
             coinbase_tag: b"/cloudmine/".to_vec(),
             line_bytes_max: stratum::framing::MINER_LINE_BYTES_MAX,
             handshake_deadline: Duration::from_secs(30),

@@ -1,6 +1,7 @@
 //! Jobs from block templates.
 //!
-//! A [`Job`] is one template: branch, prevhash, version, nbits, ntime. Its coinbase depends on who it
+//! A [`Job`] is one template: branch, prevhash, version, nbits, ntime, and the coinbase payees fixed
+//! when it was issued ([`crate::payees`]; none in SOLO). Its coinbase depends on who it
 //! pays, so each payout script gets its own [`JobCoinbase`] (coinb1/coinb2, the prepared job and the
 //! ready `mining.notify`), built on first use and shared by every connection paying that script.
 //! The job's version never has a bit inside the rolling mask set (stratum-v1.md §5), and its ntime is
@@ -49,14 +50,24 @@ pub struct Job {
     pub ntime: u32,
     /// When the job was made (right after its template arrived).
     pub issued: std::time::Instant,
+    /// Outputs paying window earners directly, ahead of the payout script's output (which gets the
+    /// rest of the coinbase value); empty unless the pool pays coinbase payees.
+    pub payees: Vec<TxOut>,
     branch: Vec<[u8; 32]>,
     tag: Vec<u8>,
     coinbases: Mutex<HashMap<ScriptBuf, Arc<JobCoinbase>>>,
 }
 
 impl Job {
-    /// A job from a template at wall-clock time `now`.
-    pub fn new(id: u64, template: Arc<BlockTemplate>, clean: bool, tag: Vec<u8>, now: u32) -> Job {
+    /// A job from a template at wall-clock time `now`, its coinbases paying `payees` first.
+    pub fn new(
+        id: u64,
+        template: Arc<BlockTemplate>,
+        clean: bool,
+        tag: Vec<u8>,
+        now: u32,
+        payees: Vec<TxOut>,
+    ) -> Job {
         let version = template.version & !VERSION_MASK;
         // Never ahead of the wall clock, never before mintime (the chain decides which wins).
         let ntime = template.cur_time.min(now).max(template.min_time);
@@ -68,6 +79,7 @@ impl Job {
             version,
             ntime,
             issued: std::time::Instant::now(),
+            payees,
             tag,
             coinbases: Mutex::new(HashMap::new()),
         }
@@ -78,22 +90,33 @@ impl Job {
         self.template.prev_hash
     }
 
-    /// The coinbase variant paying `script` (the whole coinbase value).
+    /// The coinbase variant paying `script` (the coinbase value less the payees' outputs; no output
+    /// for `script` if the payees take it all).
     pub fn coinbase_for(&self, script: &ScriptBuf) -> Result<Arc<JobCoinbase>, CoinbaseError> {
         let mut map = self.coinbases.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(script) {
             return Ok(c.clone());
         }
         let t = &self.template;
+        let to_payees: u64 = self
+            .payees
+            .iter()
+            .map(|o| o.value.to_sat())
+            .fold(0, u64::saturating_add);
+        let mut outputs = self.payees.clone();
+        let rest = t.coinbase_value.to_sat().saturating_sub(to_payees);
+        if rest > 0 || outputs.is_empty() {
+            outputs.push(TxOut {
+                value: bitcoin::Amount::from_sat(rest),
+                script_pubkey: script.clone(),
+            });
+        }
         let split = coinbase::split(&CoinbaseSpec {
             height: t.height,
             aux: &t.coinbase_aux,
             tag: &self.tag,
             extranonce_len: EXTRANONCE1_BYTES + EXTRANONCE2_BYTES,
-            outputs: vec![TxOut {
-                value: t.coinbase_value.to_amount(),
-                script_pubkey: script.clone(),
-            }],
+            outputs,
             coinbase_value: t.coinbase_value,
             witness_commitment: t.default_witness_commitment.clone(),
         })?;

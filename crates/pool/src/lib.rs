@@ -5,6 +5,8 @@
 //! * [`config`]: every limit, named, with its default and reason.
 //! * [`jobs`]: block templates become jobs; one coinbase per payout script (SOLO pays the finder, pool
 //!   mode pays `--pool-address`), built lazily and shared by every connection paying the same script.
+//! * [`payees`]: coinbase payouts without custody: the window plan new jobs' coinbases pay from, and
+//!   how a found block's coinbase is booked against it.
 //! * [`share_log`]: the durable log of accepted shares and found blocks (SQLite, WAL, group commit). A
 //!   share is answered `true` only after its row is committed.
 //! * [`session`]: one connection's protocol state and the share validation order of stratum-v1.md §9.
@@ -20,6 +22,7 @@ pub mod accounting;
 pub mod api;
 pub mod config;
 pub mod jobs;
+pub mod payees;
 pub mod server;
 pub mod session;
 pub mod share_log;

@@ -61,7 +61,13 @@ pub struct Shared {
     mailboxes: Mutex<HashMap<[u8; 4], Arc<Mailbox>>>,
     /// The ledger, once [`Pool::feed_ledger`] connected one (read by the HTTP API).
     pub ledger: std::sync::OnceLock<Arc<ledger::Ledger>>,
+    /// Coinbase payouts: the rule ([`PoolConfig::payee_rule`]) and the newest window plan, which the
+    /// accounting task refreshes and each new job reads ([`crate::payees`]).
+    pub payees: Option<(crate::payees::PayeeRule, PlanSlot)>,
 }
+
+/// Where the accounting task leaves the newest coinbase payee plan for the template task.
+pub type PlanSlot = Arc<Mutex<Option<Arc<crate::payees::PayeePlan>>>>;
 
 /// An instruction for one connection's task, delivered through its [`Mailbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +125,7 @@ impl Pool {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         crate::jobs::NEXT_JOB_ID.fetch_max(logged.saturating_add(1), Ordering::Relaxed);
         let (jobs_tx, jobs_rx) = watch::channel(Arc::new(JobSet::default()));
+        let cfg_payees = cfg.payee_rule().map(|r| (r, PlanSlot::default()));
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {
@@ -134,6 +141,7 @@ impl Pool {
             mailboxes: Mutex::new(HashMap::new()),
             fee_history: Mutex::new(VecDeque::new()),
             ledger: std::sync::OnceLock::new(),
+            payees: cfg_payees,
         });
         refresh_once(&shared, &jobs_tx, true).await;
         tracker.spawn(templates(shared.clone(), jobs_tx, token.clone()));
@@ -177,6 +185,10 @@ impl Pool {
             crate::config::PayoutScheme::Pool(_) => Some(crate::accounting::Rule {
                 sharing: self.shared.cfg.sharing,
                 fee_ppm: self.shared.cfg.fee_ppm,
+                payees: self.shared.cfg.payee_book().map(|r| {
+                    let slot = self.shared.payees.as_ref().map(|(_, s)| s.clone());
+                    (r, slot)
+                }),
             }),
             crate::config::PayoutScheme::Solo => None,
         };
@@ -267,12 +279,14 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
             let cur = tx.borrow().clone();
             let clean = clean || cur.newest().is_none_or(|j| j.prev_hash() != t.prev_hash);
             let now = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
+            let (payees, plan) = coinbase_payees(shared, t.coinbase_value.to_sat());
             let job = Arc::new(Job::new(
                 crate::jobs::NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed),
                 Arc::new(t),
                 clean,
                 shared.cfg.coinbase_tag.clone(),
                 now,
+                payees,
             ));
             tracing::debug!(job = job.id, height = job.template.height, clean, "new job");
             // Its row goes into the share log queue before any connection can see the job.
@@ -305,6 +319,7 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
                 subsidy_sat: i64::try_from(subsidy).unwrap_or(i64::MAX),
                 fees_sat: fees,
                 expected_fees_sat: expected,
+                payout_plan: plan.map(crate::payees::PlanRef::to_json),
             };
             if let Err(e) = shared.log.enqueue_job(rec).await {
                 tracing::error!(error = %e, "job not recorded; not issued");
@@ -316,6 +331,35 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
             let _ = tx.send(Arc::new(cur.with(job, shared.cfg.jobs_kept)));
         }
         Err(e) => tracing::warn!(error = %e, "no block template"),
+    }
+}
+
+/// The payee outputs of a new job's coinbase worth `value_sat`, from the newest plan if there is a
+/// fresh one, and the plan's reference for the job row; nothing if the pool pays no payees (or the
+/// plan pays no one: every earner accrues then, and the job row says so by carrying no plan).
+fn coinbase_payees(shared: &Shared, value_sat: u64) -> (Vec<bitcoin::TxOut>, Option<crate::payees::PlanRef>) {
+    let Some((rule, slot)) = &shared.payees else {
+        return (Vec::new(), None);
+    };
+    let plan = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(plan) = plan.filter(|p| p.made.elapsed() <= crate::payees::PLAN_MAX_AGE) else {
+        tracing::debug!("no fresh coinbase payee plan: this job's coinbase pays the pool alone");
+        return (Vec::new(), None);
+    };
+    match plan.outputs(value_sat, shared.cfg.fee_ppm, rule) {
+        Ok(outs) if outs.is_empty() => (outs, None),
+        Ok(outs) => (
+            outs,
+            Some(crate::payees::PlanRef {
+                upto: plan.upto,
+                window: plan.window,
+                fee_ppm: shared.cfg.fee_ppm,
+            }),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "coinbase payees not computed: this job's coinbase pays the pool alone");
+            (Vec::new(), None)
+        }
     }
 }
 

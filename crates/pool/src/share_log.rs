@@ -88,6 +88,9 @@ pub struct JobRecord {
     pub fees_sat: i64,
     /// `E[F]` for FPPS at issue: the mean fees of recent templates, sat.
     pub expected_fees_sat: i64,
+    /// The coinbase payee plan the job's coinbase was built from ([`crate::payees::PlanRef`] as
+    /// JSON), if it pays payees.
+    pub payout_plan: Option<String>,
 }
 
 enum Record {
@@ -136,7 +139,8 @@ const SCHEMA: &[&str] = &[
         subsidy_sat INTEGER NOT NULL CHECK (subsidy_sat >= 0),
         fees_sat INTEGER NOT NULL CHECK (fees_sat >= 0),
         expected_fees_sat INTEGER NOT NULL CHECK (expected_fees_sat >= 0),
-        shares_before INTEGER NOT NULL DEFAULT 0)",
+        shares_before INTEGER NOT NULL DEFAULT 0,
+        payout_plan TEXT)",
     "CREATE TABLE IF NOT EXISTS blocks (
         id INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
@@ -164,6 +168,18 @@ impl ShareLog {
             .map_err(|e| LogError(format!("opening {}: {e}", path.display())))?;
         for stmt in SCHEMA {
             sqlx::query(*stmt)
+                .execute(&db)
+                .await
+                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+        }
+        // Share logs written before coinbase payees had no plan column.
+        let has_plan: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'payout_plan'")
+                .fetch_one(&db)
+                .await
+                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+        if has_plan == 0 {
+            sqlx::query("ALTER TABLE jobs ADD COLUMN payout_plan TEXT")
                 .execute(&db)
                 .await
                 .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
@@ -371,8 +387,8 @@ async fn commit(
                 insert_shares(&mut tx, &shares).await?;
                 shares.clear();
                 sqlx::query(
-                    "INSERT INTO jobs (job_id, ts_ms, height, bits, subsidy_sat, fees_sat, expected_fees_sat, shares_before) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM shares)) ON CONFLICT (job_id) DO NOTHING",
+                    "INSERT INTO jobs (job_id, ts_ms, height, bits, subsidy_sat, fees_sat, expected_fees_sat, payout_plan, shares_before) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM shares)) ON CONFLICT (job_id) DO NOTHING",
                 )
                 .bind(j.job_id)
                 .bind(j.ts_ms)
@@ -381,6 +397,7 @@ async fn commit(
                 .bind(j.subsidy_sat)
                 .bind(j.fees_sat)
                 .bind(j.expected_fees_sat)
+                .bind(j.payout_plan.as_deref())
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;

@@ -3,6 +3,9 @@
 //! deep, balances paid on chain in one batched transaction, and the serve process killed (abort, like
 //! `kill -9`) between recording the payout and broadcasting it: after the restart the same
 //! transaction is broadcast and confirmed, and every payee is paid exactly once.
+//!
+//! And PPLNS with coinbase payouts (`--coinbase-payees 1`): the pool's blocks pay a miner directly
+//! in their coinbase, the other accrues and is paid by a batched transaction; chain and books agree.
 
 use super::{spawn_env, Proc};
 use core_rpc::{Auth, RpcClient};
@@ -20,43 +23,44 @@ struct Served {
 }
 
 fn serve(dir: &std::path::Path, failpoint: Option<&str>) -> Served {
+    serve_with(dir, failpoint, &[])
+}
+
+fn serve_with(dir: &std::path::Path, failpoint: Option<&str>, extra: &[&str]) -> Served {
     let env: Vec<(&str, &str)> = failpoint
         .map(|f| vec![("CLOUDMINE_FAILPOINT", f)])
         .unwrap_or_default();
-    let (proc, stratum, before) = spawn_env(
-        &[
-            "serve",
-            "--stratum-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--status-interval",
-            "0",
-            "--start-difficulty",
-            "0.001",
-            "--min-difficulty",
-            "0.001",
-            "--payout-scheme",
-            "pool",
-            "--sharing",
-            "pplns",
-            "--pool-fee-ppm",
-            "10000",
-            "--dev-rpc-listen",
-            "127.0.0.1:0",
-            "--dev-rpc-auth",
-            "u:p",
-            "--payout-threshold-sat",
-            "1000",
-            "--payout-interval-s",
-            "1",
-            "--payout-confirmations",
-            "1",
-        ],
-        dir,
-        "cloudmine pool: stratum+tcp://",
-        &env,
-    );
+    let mut args = vec![
+        "serve",
+        "--stratum-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--status-interval",
+        "0",
+        "--start-difficulty",
+        "0.001",
+        "--min-difficulty",
+        "0.001",
+        "--payout-scheme",
+        "pool",
+        "--sharing",
+        "pplns",
+        "--pool-fee-ppm",
+        "10000",
+        "--dev-rpc-listen",
+        "127.0.0.1:0",
+        "--dev-rpc-auth",
+        "u:p",
+        "--payout-threshold-sat",
+        "1000",
+        "--payout-interval-s",
+        "1",
+        "--payout-confirmations",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let (proc, stratum, before) = spawn_env(&args, dir, "cloudmine pool: stratum+tcp://", &env);
     let find = |prefix: &str| {
         before
             .iter()
@@ -303,5 +307,183 @@ async fn pplns_pool_pays_two_miners_in_one_transaction_exactly_once_across_a_cra
         paid,
         p.lines.len(),
         p.fee_sat
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pplns_with_coinbase_payees_pays_on_chain_and_the_books_agree() {
+    let bob = payouts::Wallet::from_secret(&[3; 32])
+        .unwrap()
+        .address(bitcoin::Network::Regtest)
+        .to_string();
+    let bob = bob.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve_with(
+        dir.path(),
+        None,
+        &["--coinbase-payees", "1", "--coinbase-payee-min-sat", "1000"],
+    );
+    let ma = miner(&s.stratum, &format!("{ALICE}.a"));
+    let mb = miner(&s.stratum, &format!("{bob}.b"));
+    let http = s.http.clone();
+    // 1. Until some block paid a miner in its coinbase and the other miner has a balance credit.
+    wait_for("a coinbase payment and a balance credit", 180, || {
+        let http = http.clone();
+        async move {
+            let mut coinbase = 0;
+            let mut credited = 0;
+            for who in [ALICE, bob] {
+                let p = http_get(&http, &format!("/api/v1/ledger/{who}/payouts")).await;
+                coinbase += p["coinbase"].as_array().map_or(0, Vec::len);
+                let b = http_get(&http, &format!("/api/v1/ledger/{who}/blocks")).await;
+                credited += b["blocks"].as_array().map_or(0, |v| {
+                    v.iter()
+                        .filter(|x| x["balance_msat"].as_i64() > Some(2_000_000))
+                        .count()
+                });
+            }
+            coinbase > 0 && credited > 0
+        }
+    })
+    .await;
+    drop(ma);
+    drop(mb);
+    // 2. Bury 101: coinbase payments mature (paid out), balances mature and are paid in a batch,
+    //    which the next blocks confirm.
+    bury(&s.rpc, 101).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut n = 0;
+        for who in [ALICE, bob] {
+            let p = http_get(&s.http, &format!("/api/v1/ledger/{who}/payouts")).await;
+            n += p["payouts"]
+                .as_array()
+                .map_or(0, |v| v.iter().filter(|x| x["state"] == "confirmed").count());
+        }
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no balance payout confirmed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bury(&s.rpc, 1).await;
+    }
+    let (mut api_coinbase, mut api_payouts) = (Vec::new(), Vec::new());
+    for who in [ALICE, bob] {
+        let p = http_get(&s.http, &format!("/api/v1/ledger/{who}/payouts")).await;
+        for c in p["coinbase"].as_array().unwrap() {
+            api_coinbase.push((
+                who.to_string(),
+                c["txid"].as_str().unwrap().to_string(),
+                c["paid_sat"].as_i64().unwrap(),
+                c["state"].clone(),
+            ));
+        }
+        for x in p["payouts"].as_array().unwrap() {
+            api_payouts.push((
+                who.to_string(),
+                x["txid"].as_str().unwrap().to_string(),
+                x["paid_sat"].as_i64().unwrap(),
+            ));
+        }
+    }
+    drop(s);
+    // 3. The chain: every coinbase output paying a miner is one the API lists, and every other
+    //    transaction paying a miner is a recorded payout.
+    let chain = devchain::DevChain::open(dir.path(), 30).unwrap();
+    let spk = |a: &str| {
+        a.parse::<bitcoin::Address<_>>()
+            .unwrap()
+            .assume_checked()
+            .script_pubkey()
+    };
+    let miners = [(ALICE, spk(ALICE)), (bob, spk(bob))];
+    let (mut chain_coinbase, mut chain_payouts) = (Vec::new(), Vec::new());
+    for h in 1..=chain.height() {
+        let b = &chain.at_height(h).unwrap().block;
+        for (i, tx) in b.txdata.iter().enumerate() {
+            for (who, script) in &miners {
+                let sat: u64 = tx
+                    .output
+                    .iter()
+                    .filter(|o| o.script_pubkey == *script)
+                    .map(|o| o.value.to_sat())
+                    .sum();
+                if sat > 0 {
+                    let row = (who.to_string(), tx.compute_txid().to_string(), sat as i64);
+                    if i == 0 {
+                        chain_coinbase.push(row);
+                    } else {
+                        chain_payouts.push(row);
+                    }
+                }
+            }
+        }
+    }
+    assert!(!chain_coinbase.is_empty(), "a coinbase paid a miner directly");
+    let mut listed: Vec<(String, String, i64)> = api_coinbase
+        .iter()
+        .filter(|c| c.3 == "mature")
+        .map(|c| (c.0.clone(), c.1.clone(), c.2))
+        .collect();
+    assert!(
+        api_coinbase.iter().all(|c| c.3 == "mature" || c.3 == "orphaned"),
+        "{api_coinbase:?}"
+    );
+    listed.sort();
+    chain_coinbase.sort();
+    assert_eq!(
+        listed, chain_coinbase,
+        "the coinbase payments on chain are the ledger's"
+    );
+    api_payouts.sort();
+    chain_payouts.sort();
+    assert_eq!(
+        api_payouts, chain_payouts,
+        "the balance payouts on chain are the ledger's"
+    );
+    let batches: std::collections::BTreeSet<&String> = chain_payouts.iter().map(|p| &p.1).collect();
+    assert_eq!(
+        batches.len(),
+        1,
+        "one batched payout transaction: {chain_payouts:?}"
+    );
+    // 4. The books: mined = fees + balances + paid out (coinbase payments and the payout), exactly.
+    let l = ledger::Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
+        .await
+        .unwrap();
+    assert!(l.verify().await.unwrap().problems.is_empty());
+    use ledger::{Account, PlatformAccount};
+    let bal = |a: Account| {
+        let l = &l;
+        async move { l.balance(&a).await.unwrap() }
+    };
+    let mined = -bal(Account::Platform(PlatformAccount::Mined)).await;
+    let fees = bal(Account::Platform(PlatformAccount::Fees)).await;
+    let paid = bal(Account::Platform(PlatformAccount::PaidOut)).await;
+    let mut users = 0;
+    for who in [ALICE, bob] {
+        users += bal(Account::available(who)).await
+            + bal(Account::immature(who)).await
+            + bal(Account::coinbase(who)).await;
+    }
+    assert_eq!(bal(Account::Platform(PlatformAccount::PayoutsInFlight)).await, 0);
+    let coinbase_msat: i64 = chain_coinbase.iter().map(|c| c.2 * 1000).sum();
+    let payout = &l.payouts(None, 10).await.unwrap()[0];
+    let payout_debit: i64 = payout.lines.iter().map(|x| x.debit_msat).sum();
+    assert_eq!(
+        paid,
+        coinbase_msat + payout_debit,
+        "paid out = coinbase outputs + the payout's debits"
+    );
+    assert_eq!(
+        paid + users + fees,
+        mined,
+        "paid + balances + fees = mined, to the msat"
+    );
+    eprintln!(
+        "coinbase payouts: {} coinbase outputs paid {} msat directly; one batched payout {}; mined {mined}, fees {fees}, balances {users}",
+        chain_coinbase.len(),
+        coinbase_msat,
+        payout.txid
     );
 }

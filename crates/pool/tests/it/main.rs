@@ -516,6 +516,14 @@ struct TwoMiners {
 }
 
 async fn two_miners(sharing: pool::config::Sharing, fee_ppm: u32) -> TwoMiners {
+    two_miners_with(sharing, fee_ppm, |_| {}).await
+}
+
+async fn two_miners_with(
+    sharing: pool::config::Sharing,
+    fee_ppm: u32,
+    tweak: impl FnOnce(&mut PoolConfig),
+) -> TwoMiners {
     let script = |b: u8| bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, b]);
     let addr = |b: u8| bitcoin::Address::p2wsh(&script(b), Network::Regtest).to_string();
     let (alice, bob) = (addr(1), addr(2));
@@ -525,6 +533,7 @@ async fn two_miners(sharing: pool::config::Sharing, fee_ppm: u32) -> TwoMiners {
         c.sharing = sharing;
         c.fee_ppm = fee_ppm;
         c.initial_difficulty = Difficulty::MIN;
+        tweak(c);
     })
     .await;
     let l = std::sync::Arc::new(
@@ -693,10 +702,7 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     let again = pool::accounting::credit_block(
         &db,
         &l,
-        pool::accounting::Rule {
-            sharing: pool::config::Sharing::Pplns,
-            fee_ppm: 10_000,
-        },
+        &pool::accounting::Rule::new(pool::config::Sharing::Pplns, 10_000),
         pool::accounting::LoggedBlock {
             hash: &row.0,
             height: row.1,
@@ -797,6 +803,220 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     eprintln!(
         "pool mode: {} blocks credited PPLNS (alice {a}, bob {b}, fees {fees} msat); 1 orphaned and reversed; the rest matured after 100 confirmations",
         history.len()
+    );
+    h.pool.shutdown().await;
+}
+
+/// Waits until the ledger has a `block:` credit for every accepted block of the share log.
+async fn wait_all_credited(h: &Harness, l: &ledger::Ledger) -> Vec<(String, String)> {
+    let mined = ledger::Account::Platform(ledger::PlatformAccount::Mined);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let blocks = h.pool.log().blocks().await.unwrap();
+        let accepted = blocks.iter().filter(|(_, f)| f == "accepted").count();
+        let credited = l.history(&mined, 10_000).await.unwrap().len();
+        if credited >= accepted {
+            return blocks;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{credited} of {accepted} blocks credited"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coinbase_payees_are_paid_in_the_coinbase_and_booked_exactly() {
+    use ledger::{Account, PlatformAccount};
+    let fee_ppm = 20_000; // 2 %
+    let mut t = two_miners_with(pool::config::Sharing::Pplns, fee_ppm, |c| {
+        c.coinbase_payees = 1;
+        c.coinbase_payee_min_sat = 1_000;
+    })
+    .await;
+    let db = t.h.pool.log().db().clone();
+    // Mine until a block of a job that carried a payee plan is in the chain (plans follow the work
+    // log, at most every PLAN_EVERY; a job issued before the first plan pays the pool alone).
+    let with_plan = "SELECT b.hash, b.block, j.payout_plan FROM blocks b JOIN shares s ON s.is_block = 1 AND s.header = substr(b.block, 1, 80) \
+                     JOIN jobs j ON j.job_id = s.job_id WHERE b.fate = 'accepted' AND j.payout_plan IS NOT NULL";
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        t.mine(15).await;
+        let n: Vec<(String, Vec<u8>, String)> = sqlx::query_as(with_plan).fetch_all(&db).await.unwrap();
+        if n.len() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no block of a job with payees"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let TwoMiners { h, l, alice, bob, .. } = t;
+    wait_all_credited(&h, &l).await;
+    let paid_blocks: Vec<(String, Vec<u8>, String)> = sqlx::query_as(with_plan).fetch_all(&db).await.unwrap();
+    let pool_script = bitcoin::Address::p2wsh(
+        &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 9]),
+        Network::Regtest,
+    )
+    .script_pubkey();
+    let script_of = |a: &str| {
+        a.parse::<bitcoin::Address<_>>()
+            .unwrap()
+            .assume_checked()
+            .script_pubkey()
+    };
+    for (hash, raw, plan) in &paid_blocks {
+        // Recomputed from the share log alone: the window the plan names (shares up to `upto`,
+        // newest first, until `window` of work), fee floor(R·2 %), the rest by work; the one largest
+        // earner paid in whole sat by an output, everything else an immature credit.
+        let v: serde_json::Value = serde_json::from_str(plan).unwrap();
+        let upto = v["upto"].as_i64().unwrap();
+        let window: u128 = v["window"].as_str().unwrap().parse().unwrap();
+        assert_eq!(v["fee_ppm"], fee_ppm);
+        let shares: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT address, diff_int, diff_frac FROM shares WHERE id <= ? ORDER BY id DESC")
+                .bind(upto)
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        let mut left = window;
+        let mut by_owner = std::collections::BTreeMap::<String, u128>::new();
+        for (owner, int, frac) in shares {
+            let w = ((int as u128) << 32 | frac as u128).min(left);
+            left -= w;
+            *by_owner.entry(owner).or_default() += w;
+            if left == 0 {
+                break;
+            }
+        }
+        let block: bitcoin::Block = bitcoin::consensus::deserialize(raw).unwrap();
+        let cb = &block.txdata[0];
+        let r_sat: u64 = cb.output.iter().map(|o| o.value.to_sat()).sum();
+        let r = r_sat * 1000;
+        let fee = r * u64::from(fee_ppm) / 1_000_000;
+        let owners: Vec<&String> = by_owner.keys().collect();
+        let weights: Vec<u128> = by_owner.values().copied().collect();
+        let split = ledger::schemes::split_by_weight(&weights, weights.iter().sum(), r - fee).unwrap();
+        let (outs, credits) = ledger::schemes::coinbase_payees(&split, 1, 1_000);
+        assert_eq!(outs.len(), 1, "block {hash}: one payee");
+        let (payee, sat) = (owners[outs[0].0 as usize], outs[0].1);
+        // On chain: the coinbase pays the payee its amount, the pool the rest, and a commitment.
+        let to_payee: Vec<u64> = cb
+            .output
+            .iter()
+            .filter(|o| o.script_pubkey == script_of(payee))
+            .map(|o| o.value.to_sat())
+            .collect();
+        assert_eq!(to_payee, vec![sat], "block {hash}: the payee's output");
+        let to_pool: u64 = cb
+            .output
+            .iter()
+            .filter(|o| o.script_pubkey == pool_script)
+            .map(|o| o.value.to_sat())
+            .sum();
+        assert_eq!(
+            to_pool,
+            r_sat - sat,
+            "block {hash}: the pool's output holds the rest"
+        );
+        // In the ledger: exactly that.
+        let mut want: Vec<(String, i64)> = credits
+            .iter()
+            .map(|(i, m)| (format!("user/{}/immature", owners[*i as usize]), *m as i64))
+            .collect();
+        want.push((format!("user/{payee}/coinbase"), (sat * 1000) as i64));
+        want.push(("platform/fees".into(), fee as i64));
+        want.push(("platform/mined".into(), -(r as i64)));
+        want.sort();
+        assert_eq!(
+            l.postings_of(&format!("block:{hash}")).await.unwrap(),
+            want,
+            "block {hash}"
+        );
+    }
+    assert!(l.verify().await.unwrap().problems.is_empty());
+    // Bury everything 100 deep: immature credits become available, coinbase payments paid out.
+    let node = h.node.clone();
+    tokio::task::spawn_blocking(move || {
+        let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 7]);
+        let spk = bitcoin::Address::p2wsh(&script, Network::Regtest).script_pubkey();
+        let mut c = node.lock();
+        let base = c.tip().block.header.time.max(chain::dev::now());
+        for i in 1..=100u32 {
+            let now = base + 30 * i;
+            let blk = c.generate_block(&spk, now, 10_000_000).unwrap();
+            c.submit_block(blk, now).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (hash, _, _) in &paid_blocks {
+        while l.find_key(&format!("mature:{hash}")).await.unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "block {hash} never matured");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Wait for every other block too, then check the books: mined = fees + balances + paid out.
+    let all = wait_all_credited(&h, &l).await;
+    for (hash, fate) in &all {
+        if fate == "accepted" {
+            while l.find_key(&format!("mature:{hash}")).await.unwrap().is_none()
+                && l.find_key(&format!("orphan:{hash}")).await.unwrap().is_none()
+            {
+                assert!(std::time::Instant::now() < deadline, "block {hash} never settled");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let bal = |a: Account| {
+        let l = l.clone();
+        async move { l.balance(&a).await.unwrap() }
+    };
+    let mined = -bal(Account::Platform(PlatformAccount::Mined)).await;
+    let fees = bal(Account::Platform(PlatformAccount::Fees)).await;
+    let paid_out = bal(Account::Platform(PlatformAccount::PaidOut)).await;
+    let mut users = 0;
+    for who in [&alice, &bob] {
+        assert_eq!(
+            bal(Account::coinbase(who)).await,
+            0,
+            "matured: nothing left in {who}'s coinbase account"
+        );
+        assert_eq!(bal(Account::immature(who)).await, 0);
+        users += bal(Account::available(who)).await;
+    }
+    assert!(paid_out > 0, "coinbase payments count as paid out once mature");
+    assert_eq!(
+        mined,
+        fees + users + paid_out,
+        "every msat mined is a fee, a balance or paid out"
+    );
+    assert!(l.verify().await.unwrap().problems.is_empty());
+    // The API lists the coinbase payments with their transaction.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    h.pool.serve_http(listener);
+    let mut listed = 0;
+    for who in [&alice, &bob] {
+        let (code, body) = http_get(http, &format!("/api/v1/ledger/{who}/payouts")).await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for c in v["coinbase"].as_array().unwrap() {
+            let (hash, raw, _) = paid_blocks.iter().find(|(hsh, _, _)| c["block"] == *hsh).unwrap();
+            let block: bitcoin::Block = bitcoin::consensus::deserialize(raw).unwrap();
+            assert_eq!(c["txid"], block.txdata[0].compute_txid().to_string(), "{hash}");
+            assert_eq!(c["state"], "mature");
+            listed += 1;
+        }
+    }
+    assert_eq!(listed, paid_blocks.len(), "every coinbase payment listed once");
+    eprintln!(
+        "coinbase payees: {} blocks paid their largest earner in the coinbase; {} msat paid out on maturity",
+        paid_blocks.len(),
+        paid_out
     );
     h.pool.shutdown().await;
 }
@@ -1090,6 +1310,7 @@ async fn fpps_prices_each_share_by_its_job_and_never_pays_twice() {
             subsidy_sat: 312_500_000,
             fees_sat: 0,
             expected_fees_sat: fees,
+            payout_plan: None,
         })
         .await
         .unwrap();
@@ -1115,10 +1336,7 @@ async fn fpps_prices_each_share_by_its_job_and_never_pays_twice() {
     ] {
         log.append_share(share(o, j, d)).await.unwrap();
     }
-    let rule = pool::accounting::Rule {
-        sharing: pool::config::Sharing::Fpps,
-        fee_ppm: 0,
-    };
+    let rule = &pool::accounting::Rule::new(pool::config::Sharing::Fpps, 0);
     let db = log.db().clone();
     let (read, to) = pool::accounting::credit_shares(&db, &l, rule, 0, i64::MAX)
         .await
@@ -1191,6 +1409,7 @@ async fn a_job_row_records_the_newest_share_queued_before_it() {
         subsidy_sat: 5_000_000_000,
         fees_sat: 0,
         expected_fees_sat: 0,
+        payout_plan: None,
     };
     // Queued without waiting, so several land in one commit: the rows still go in queue order.
     log.enqueue_job(job(1)).await.unwrap();

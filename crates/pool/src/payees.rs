@@ -1,0 +1,364 @@
+//! Coinbase payouts without custody (PPLNS/TIDES with `coinbase_payees > 0`): the largest earners of
+//! the current window are paid directly by outputs of the coinbase they mine; everyone else (and each
+//! payee's sub-satoshi remainder) accrues a balance from the pool's own output.
+//!
+//! A coinbase is part of the work, so who it pays is fixed when the job is issued. The accounting
+//! task therefore keeps a [`PayeePlan`]: the window's work by owner, read from the ledger's work log
+//! up to its newest share (at most every [`PLAN_EVERY`]). A new job takes the newest plan (if younger
+//! than [`PLAN_MAX_AGE`]), turns it into outputs for its template's coinbase value
+//! ([`PayeePlan::outputs`]), and records the plan's reference ([`PlanRef`]: last share, window, fee)
+//! in its share-log row. When a block of that job is found, the credit reads the same window again
+//! (the work log up to a share id never changes), recomputes the split exactly, and books what the
+//! coinbase actually paid ([`PayeePlan::decompose`]): each payee's output into its
+//! `user/<owner>/coinbase` account, the rest of each owner's part into its immature balance.
+//!
+//! Eligible for an output: an owner that is an address of the pool's network, is not the pool's own
+//! script, and is the first owner of the window with that script (two spellings of one address pay
+//! one output). At most `max` outputs (largest amounts first, [`ledger::schemes::coinbase_payees`]),
+//! each at least `min_sat`. The same rule decides at issue and at credit.
+//!
+//! Costs, said plainly: every payee output adds 31–43 bytes to the coinbase, which every share's
+//! validation hashes and every `mining.notify` carries; and the block template must leave room for
+//! it (Bitcoin Core reserves 8,000 weight units for the coinbase by default, `-blockreservedweight`:
+//! about 45 P2WPKH outputs; raise it for more payees).
+
+use bitcoin::{Address, Network, ScriptBuf, Transaction, TxOut};
+use ledger::schemes::{coinbase_payees, fee_split, split_by_weight, Amounts};
+use std::collections::{BTreeMap, HashMap};
+use units::MilliSats;
+
+/// Shortest interval between two plans (each reads the whole window from the work log).
+pub const PLAN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A plan older than this is not used: the job's coinbase pays the pool alone and everyone accrues.
+pub const PLAN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Who pays whom in coinbases: the rule of a pool with coinbase payouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayeeRule {
+    /// Most payee outputs per coinbase (at most [`crate::config::COINBASE_PAYEES_MAX`]).
+    pub max: usize,
+    /// Smallest payee output, sat.
+    pub min_sat: u64,
+    /// The network owners' addresses belong to.
+    pub network: Network,
+    /// The pool's own script (its output holds the fee and every balance credit).
+    pub pool_script: ScriptBuf,
+}
+
+/// What a job row records of the plan its coinbase was built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanRef {
+    /// The window ends at this share id (inclusive).
+    pub upto: i64,
+    /// Window length in hashes of work.
+    pub window: u128,
+    /// Pool fee at issue, ppm.
+    pub fee_ppm: u32,
+}
+
+impl PlanRef {
+    /// The stored form: `{"upto":…,"window":"…","fee_ppm":…}` (the window as a decimal string: it
+    /// may exceed 2^63).
+    pub fn to_json(self) -> String {
+        serde_json::json!({"upto": self.upto, "window": self.window.to_string(), "fee_ppm": self.fee_ppm})
+            .to_string()
+    }
+
+    /// Parses [`PlanRef::to_json`].
+    pub fn parse(s: &str) -> Result<PlanRef, String> {
+        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("payout plan {s:?}: {e}"))?;
+        let bad = || format!("payout plan {s:?}: missing or malformed field");
+        Ok(PlanRef {
+            upto: v["upto"].as_i64().ok_or_else(bad)?,
+            window: v["window"]
+                .as_str()
+                .and_then(|w| w.parse().ok())
+                .ok_or_else(bad)?,
+            fee_ppm: v["fee_ppm"]
+                .as_u64()
+                .and_then(|f| u32::try_from(f).ok())
+                .ok_or_else(bad)?,
+        })
+    }
+}
+
+/// A window's work by owner, and which owners may be paid in a coinbase.
+#[derive(Debug, Clone)]
+pub struct PayeePlan {
+    /// Last share in the window.
+    pub upto: i64,
+    /// Window length in hashes of work.
+    pub window: u128,
+    /// When it was made.
+    pub made: std::time::Instant,
+    owners: Vec<String>,
+    weights: Vec<u128>,
+    /// The output script of each eligible owner (same index as `owners`).
+    scripts: Vec<Option<ScriptBuf>>,
+}
+
+/// A block's reward as its coinbase paid it, by owner index of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decomposed {
+    /// Pool fee, msat.
+    pub fee: MilliSats,
+    /// The miners' part (reward − fee), msat.
+    pub part: MilliSats,
+    /// `(owner, sat)` paid by coinbase outputs.
+    pub paid: Vec<(String, u64)>,
+    /// `(owner, msat)` left to credit as a balance.
+    pub credits: Vec<(String, u64)>,
+}
+
+impl PayeePlan {
+    /// A plan from the window's shares (`(owner, work)`, any order) as the work log returned them.
+    pub fn new(shares: Vec<(String, u128)>, upto: i64, window: u128, rule: &PayeeRule) -> PayeePlan {
+        let mut by_owner: BTreeMap<String, u128> = BTreeMap::new();
+        for (owner, work) in shares {
+            let w = by_owner.entry(owner).or_insert(0);
+            *w = w.saturating_add(work);
+        }
+        let mut seen: std::collections::HashSet<ScriptBuf> = std::collections::HashSet::new();
+        let mut scripts = Vec::with_capacity(by_owner.len());
+        for owner in by_owner.keys() {
+            let script = owner
+                .parse::<Address<_>>()
+                .ok()
+                .and_then(|a| a.require_network(rule.network).ok())
+                .map(|a| a.script_pubkey())
+                .filter(|s| *s != rule.pool_script && seen.insert(s.clone()));
+            scripts.push(script);
+        }
+        let (owners, weights) = by_owner.into_iter().unzip();
+        PayeePlan {
+            upto,
+            window,
+            made: std::time::Instant::now(),
+            owners,
+            weights,
+            scripts,
+        }
+    }
+
+    /// Owners in the window.
+    pub fn owners(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// (fee, miners' part, every owner's amount of the part): exact to the msat, by owner index.
+    fn split(&self, reward: MilliSats, fee_ppm: u32) -> Result<(MilliSats, MilliSats, Amounts), String> {
+        let (fee, part) = fee_split(reward, fee_ppm).map_err(|e| e.to_string())?;
+        let total = self
+            .weights
+            .iter()
+            .try_fold(0u128, |a, w| a.checked_add(*w))
+            .ok_or("window work overflow")?;
+        let amounts = split_by_weight(&self.weights, total, part.to_msat()).map_err(|e| e.to_string())?;
+        Ok((fee, part, amounts))
+    }
+
+    /// The payee outputs of a coinbase worth `value_sat` (ordered by owner; empty if no one is
+    /// eligible). The pool's output, which the job adds, gets the rest.
+    pub fn outputs(&self, value_sat: u64, fee_ppm: u32, rule: &PayeeRule) -> Result<Vec<TxOut>, String> {
+        let reward = value_sat
+            .checked_mul(1000)
+            .and_then(|m| MilliSats::new(m).ok())
+            .ok_or("coinbase value out of range")?;
+        let (_, _, amounts) = self.split(reward, fee_ppm)?;
+        let eligible: Vec<(u32, u64)> = amounts
+            .into_iter()
+            .filter(|(i, _)| self.scripts.get(*i as usize).is_some_and(Option::is_some))
+            .collect();
+        let (outs, _) = coinbase_payees(&eligible, rule.max, rule.min_sat);
+        outs.into_iter()
+            .map(|(i, sat)| {
+                let script = self
+                    .scripts
+                    .get(i as usize)
+                    .and_then(Clone::clone)
+                    .ok_or("payee index out of range")?;
+                Ok(TxOut {
+                    value: bitcoin::Amount::from_sat(sat),
+                    script_pubkey: script,
+                })
+            })
+            .collect()
+    }
+
+    /// Books a found block's coinbase against this plan: what each owner's output paid, and what is
+    /// left of each owner's amount as a balance credit. The reward is the sum of the coinbase's
+    /// outputs. Refused (nothing can be booked) if an output pays a script that is neither an
+    /// eligible owner's, the pool's nor a zero-value commitment, or pays an owner more than its
+    /// amount.
+    pub fn decompose(
+        &self,
+        coinbase: &Transaction,
+        fee_ppm: u32,
+        rule: &PayeeRule,
+    ) -> Result<Decomposed, String> {
+        let reward_sat: u64 = coinbase
+            .output
+            .iter()
+            .try_fold(0u64, |a, o| a.checked_add(o.value.to_sat()))
+            .ok_or("coinbase value overflow")?;
+        let reward = reward_sat
+            .checked_mul(1000)
+            .and_then(|m| MilliSats::new(m).ok())
+            .ok_or("coinbase value out of range")?;
+        let (fee, part, amounts) = self.split(reward, fee_ppm)?;
+        let by_script: HashMap<&ScriptBuf, usize> = self
+            .scripts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (s, i)))
+            .collect();
+        let mut paid: BTreeMap<usize, u64> = BTreeMap::new();
+        for o in &coinbase.output {
+            if o.script_pubkey == rule.pool_script || o.value.to_sat() == 0 {
+                continue;
+            }
+            let i = by_script
+                .get(&o.script_pubkey)
+                .ok_or_else(|| format!("coinbase output to {} is no payee of the window", o.script_pubkey))?;
+            let p = paid.entry(*i).or_insert(0);
+            *p = p.checked_add(o.value.to_sat()).ok_or("payee overflow")?;
+        }
+        let mut credits = Vec::new();
+        for (i, msat) in &amounts {
+            let i = *i as usize;
+            let got = paid
+                .get(&i)
+                .copied()
+                .unwrap_or(0)
+                .checked_mul(1000)
+                .ok_or("payee overflow")?;
+            let left = msat.checked_sub(got).ok_or_else(|| {
+                format!(
+                    "the coinbase pays {} {got} msat, more than its {msat} msat of the split",
+                    self.owners.get(i).map_or("?", String::as_str)
+                )
+            })?;
+            if left > 0 {
+                credits.push((self.owners.get(i).cloned().ok_or("owner index")?, left));
+            }
+        }
+        for i in paid.keys() {
+            if !amounts.iter().any(|(j, _)| *j as usize == *i) {
+                return Err(format!(
+                    "the coinbase pays {}, which has no share of the split",
+                    self.owners.get(*i).map_or("?", String::as_str)
+                ));
+            }
+        }
+        let paid = paid
+            .into_iter()
+            .map(|(i, sat)| Ok((self.owners.get(i).cloned().ok_or("owner index")?, sat)))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Decomposed {
+            fee,
+            part,
+            paid,
+            credits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(b: u8) -> Address {
+        let s = ScriptBuf::from_bytes(vec![0x51, 0x01, b]);
+        Address::p2wsh(&s, Network::Regtest)
+    }
+
+    fn rule(max: usize) -> PayeeRule {
+        PayeeRule {
+            max,
+            min_sat: 1_000,
+            network: Network::Regtest,
+            pool_script: addr(9).script_pubkey(),
+        }
+    }
+
+    fn coinbase(outputs: Vec<TxOut>) -> Transaction {
+        Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output: outputs,
+        }
+    }
+
+    #[test]
+    fn outputs_then_decompose_books_every_msat() {
+        let (a, b, c) = (
+            addr(1).to_string(),
+            addr(2).to_string(),
+            "not-an-address".to_string(),
+        );
+        // work 5 : 3 : 2, plus the pool's own address (never a payee).
+        let shares = vec![
+            (a.clone(), 50),
+            (b.clone(), 30),
+            (c.clone(), 20),
+            (addr(9).to_string(), 0),
+        ];
+        let r = rule(1);
+        let plan = PayeePlan::new(shares, 7, 100, &r);
+        let value = 5_000_000_001u64; // sat: the split has sub-sat remainders
+        let outs = plan.outputs(value, 10_000, &r).unwrap();
+        // One output (max 1): the largest eligible earner, a; c is not an address.
+        assert_eq!(outs.len(), 1);
+        assert_eq!(outs[0].script_pubkey, addr(1).script_pubkey());
+        let reward = value * 1000;
+        let fee = reward / 100;
+        let a_amount = (reward - fee) / 2; // exactly half (50 of 100)
+        assert_eq!(outs[0].value.to_sat(), a_amount / 1000);
+        let paid: u64 = outs.iter().map(|o| o.value.to_sat()).sum();
+        let mut all = outs.clone();
+        all.push(TxOut {
+            value: bitcoin::Amount::from_sat(value - paid),
+            script_pubkey: r.pool_script.clone(),
+        });
+        let d = plan.decompose(&coinbase(all.clone()), 10_000, &r).unwrap();
+        assert_eq!(d.fee.to_msat(), fee);
+        assert_eq!(d.paid, vec![(a.clone(), a_amount / 1000)]);
+        let credited: u64 = d.credits.iter().map(|x| x.1).sum();
+        assert_eq!(
+            d.fee.to_msat() + paid * 1000 + credited,
+            reward,
+            "fee + outputs + credits = reward, to the msat"
+        );
+        assert!(d.credits.iter().any(|(o, m)| *o == a && *m == a_amount % 1000));
+        assert!(d.credits.iter().any(|(o, _)| *o == b) && d.credits.iter().any(|(o, _)| *o == c));
+        // A coinbase paying someone outside the window, or paying a payee too much, is refused.
+        let mut stranger = all.clone();
+        stranger.push(TxOut {
+            value: bitcoin::Amount::from_sat(1),
+            script_pubkey: addr(5).script_pubkey(),
+        });
+        assert!(plan.decompose(&coinbase(stranger), 10_000, &r).is_err());
+        let mut greedy = all;
+        greedy[0].value = bitcoin::Amount::from_sat(a_amount / 1000 + 1);
+        assert!(plan
+            .decompose(&coinbase(greedy), 10_000, &r)
+            .unwrap_err()
+            .contains("more than"));
+        // Below the minimum: no output, everyone accrues.
+        let small = PayeePlan::new(vec![(a, 1), (b, 1)], 7, 2, &r);
+        assert!(small.outputs(1_500, 0, &r).unwrap().is_empty());
+    }
+
+    #[test]
+    fn plan_ref_round_trips() {
+        let p = PlanRef {
+            upto: 42,
+            window: u128::MAX,
+            fee_ppm: 20_000,
+        };
+        assert_eq!(PlanRef::parse(&p.to_json()).unwrap(), p);
+        assert!(PlanRef::parse("{\"upto\":1}").is_err());
+        assert!(PlanRef::parse("nonsense").is_err());
+    }
+}
