@@ -457,7 +457,9 @@ fn parse_scan(
             .ok_or_else(|| bad("bad vout".into()))?;
         let amount = u
             .get("amount")
-            .and_then(|a| bitcoin::Amount::from_str_in(&a.to_string(), bitcoin::Denomination::Bitcoin).ok())
+            .and_then(core_rpc::amount_to_sat)
+            .and_then(|s| u64::try_from(s).ok())
+            .map(bitcoin::Amount::from_sat)
             .ok_or_else(|| bad(format!("bad amount in {u}")))?;
         let height = u
             .get("height")

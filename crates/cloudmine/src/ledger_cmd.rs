@@ -1,4 +1,4 @@
-//! `cloudmine ledger balance|history|verify`: read the ledger that `serve` writes, from the same
+//! `cloudmine ledger balance|history|verify|payouts|import-psbt`: read the ledger that `serve` writes, from the same
 //! `--data-dir` (SQLite, `DATA/ledger.sqlite`) or `--database-url` (PostgreSQL).
 
 use clap::{Args, Subcommand};
@@ -49,6 +49,13 @@ pub enum LedgerCmd {
         /// Payouts at most (up to 1,000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// Records the signed PSBT of a payout exported for an external signer (`--payout-signer psbt`;
+    /// the file `DATA/payouts/<txid>.psbt` after signing, binary or base64). Every input's signature
+    /// is checked; the running pool broadcasts it at its next pass.
+    ImportPsbt {
+        /// The signed PSBT file.
+        file: PathBuf,
     },
 }
 
@@ -125,6 +132,7 @@ pub async fn run(a: LedgerArgs) -> anyhow::Result<()> {
                     .map(|p| {
                         serde_json::json!({
                             "txid": p.txid, "key": p.key, "state": p.state.as_str(), "fee_sat": p.fee_sat,
+                            "method": p.method.as_str(), "signed": p.signed,
                             "created_ms": p.created_ms, "confirmed_height": p.confirmed_height, "note": p.note,
                             "payees": p.lines.iter().map(|x| serde_json::json!({"owner": x.owner, "address": x.address, "debit_msat": x.debit_msat, "paid_sat": x.paid_sat})).collect::<Vec<_>>(),
                         })
@@ -138,9 +146,15 @@ pub async fn run(a: LedgerArgs) -> anyhow::Result<()> {
             } else {
                 for p in &list {
                     println!(
-                        "{} {} fee {} sat, {} payees{}{}",
+                        "{} {} ({}{}) fee {} sat, {} payees{}{}",
                         p.txid,
                         p.state.as_str(),
+                        p.method.as_str(),
+                        if p.signed {
+                            ""
+                        } else {
+                            ", awaiting signature or send"
+                        },
                         p.fee_sat,
                         p.lines.len(),
                         p.confirmed_height
@@ -167,6 +181,25 @@ pub async fn run(a: LedgerArgs) -> anyhow::Result<()> {
                 }
             }
             l.close().await;
+        }
+        LedgerCmd::ImportPsbt { file } => {
+            let meta = std::fs::metadata(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            anyhow::ensure!(
+                meta.len() <= payouts::psbt::PSBT_BYTES_MAX as u64,
+                "{}: {} bytes, more than PSBT_BYTES_MAX ({})",
+                file.display(),
+                meta.len(),
+                payouts::psbt::PSBT_BYTES_MAX
+            );
+            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let r = payouts::import_signed_psbt(&l, &bytes).await;
+            l.close().await;
+            let txid = r.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if a.json {
+                println!("{}", serde_json::json!({"txid": txid, "imported": true}));
+            } else {
+                println!("payout {txid}: signed transaction recorded; the running pool broadcasts it at its next pass");
+            }
         }
         LedgerCmd::Verify => {
             let v = l.verify().await?;

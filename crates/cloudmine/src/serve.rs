@@ -31,6 +31,18 @@ pub enum Scheme {
     Pool,
 }
 
+/// Who signs balance payouts.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayoutSignerArg {
+    /// The pool's own key (DATA/wallet.key, created on first start).
+    Key,
+    /// An external signer: payouts are exported as PSBTs to DATA/payouts/ (needs --payout-pubkey).
+    Psbt,
+    /// Bitcoin Core's wallet sends them (`sendmany`; needs --chain bitcoind, --payout-core-wallet
+    /// and a --pool-address of that wallet).
+    Core,
+}
+
 /// How pool-mode miners are paid.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SharingArg {
@@ -95,6 +107,20 @@ pub struct ServeArgs {
     /// address turns balance payouts off (balances still accrue in the ledger).
     #[arg(long)]
     pub pool_address: Option<String>,
+    /// Balance payouts: who signs them (the pool's key, an external signer via PSBT, or Core's wallet).
+    #[arg(long, value_enum, default_value_t = PayoutSignerArg::Key)]
+    pub payout_signer: PayoutSignerArg,
+    /// --payout-signer psbt: the external signer's public key (compressed, 66 hex characters); the
+    /// pool's coinbases pay its P2WPKH address unless --pool-address says otherwise.
+    #[arg(long)]
+    pub payout_pubkey: Option<String>,
+    /// --payout-signer psbt: where that key sits in the signer's HD tree, `<fingerprint>/<path>`
+    /// (e.g. `d34db33f/84h/0h/0h/0/0`), written into every PSBT so hardware wallets find it.
+    #[arg(long)]
+    pub payout_key_origin: Option<String>,
+    /// --payout-signer core: the Core wallet's name (RPC at the first --bitcoind-url + /wallet/NAME).
+    #[arg(long)]
+    pub payout_core_wallet: Option<String>,
     /// Balance payouts: pay an owner once their matured balance reaches this many satoshis.
     #[arg(long, default_value_t = 100_000)]
     pub payout_threshold_sat: u64,
@@ -154,6 +180,102 @@ fn network_of(chain: &str) -> anyhow::Result<Network> {
         "regtest" => Network::Regtest,
         other => anyhow::bail!("unsupported --bitcoind-chain '{other}' (main, test, signet, regtest)"),
     })
+}
+
+/// Pool mode: what the coinbase pays, and who signs balance payouts (`None`: payouts are off, the
+/// coinbase pays an address the pool cannot spend).
+fn pool_payout(
+    args: &ServeArgs,
+    network: Network,
+) -> anyhow::Result<(PayoutScheme, Option<payouts::Signer>)> {
+    let given = args
+        .pool_address
+        .as_deref()
+        .map(|a| {
+            bitcoin::Address::from_str(a)
+                .with_context(|| format!("--pool-address '{a}'"))?
+                .require_network(network)
+                .with_context(|| format!("--pool-address '{a}' is not an address for {network}"))
+        })
+        .transpose()?;
+    let (wallet, signer_of): (
+        payouts::Wallet,
+        Box<dyn FnOnce(payouts::Wallet) -> payouts::Signer>,
+    ) = match args.payout_signer {
+        PayoutSignerArg::Core => {
+            let name = args
+                .payout_core_wallet
+                .as_deref()
+                .context("--payout-signer core needs --payout-core-wallet NAME")?;
+            anyhow::ensure!(
+                args.chain == ChainKind::Bitcoind,
+                "--payout-signer core needs --chain bitcoind (the dev chain has no wallet)"
+            );
+            let addr = given
+                .context("--payout-signer core needs --pool-address (an address of that Core wallet)")?;
+            let url = args
+                .bitcoind_url
+                .first()
+                .context("--payout-signer core needs --bitcoind-url")?;
+            let auth = core_rpc::Auth::parse(args.bitcoind_auth.as_deref().unwrap_or(""));
+            let rpc = core_rpc::RpcClient::new(&format!("{}/wallet/{name}", url.trim_end_matches('/')), auth)
+                .with_context(|| format!("--bitcoind-url {url}"))?
+                .with_timeout(Duration::from_secs(60));
+            println!("pool mode: coinbases pay {addr}; balances are paid by Core wallet '{name}' (sendmany)");
+            return Ok((
+                PayoutScheme::Pool(addr.script_pubkey()),
+                Some(payouts::Signer::Core(payouts::core::CoreWallet::new(rpc))),
+            ));
+        }
+        PayoutSignerArg::Psbt => {
+            let hex = args
+                .payout_pubkey
+                .as_deref()
+                .context("--payout-signer psbt needs --payout-pubkey (the signer's compressed public key)")?;
+            let pk = bitcoin::CompressedPublicKey::from_str(hex)
+                .with_context(|| format!("--payout-pubkey '{hex}' is not a compressed public key"))?;
+            let origin = args
+                .payout_key_origin
+                .as_deref()
+                .map(|o| o.parse::<payouts::psbt::KeyOrigin>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let dir = args.data_dir.join("payouts");
+            (
+                payouts::Wallet::watch_only(pk),
+                Box::new(move |wallet| payouts::Signer::Psbt { wallet, origin, dir }),
+            )
+        }
+        PayoutSignerArg::Key => {
+            let key = args.data_dir.join(payouts::keyfile::KEY_FILE);
+            let (w, created) = payouts::keyfile::load_or_create(&key)?;
+            if created {
+                println!(
+                    "pool wallet: new key in {} (back it up: it holds the pool's coins)",
+                    key.display()
+                );
+            }
+            (w, Box::new(payouts::Signer::Key))
+        }
+    };
+    let own = wallet.address(network);
+    match given {
+        Some(addr) if addr != own => {
+            println!("pool mode: coinbases pay {addr}, not the pool wallet ({own}): balance payouts are OFF, balances accrue in the ledger");
+            Ok((PayoutScheme::Pool(addr.script_pubkey()), None))
+        }
+        _ => {
+            println!(
+                "pool mode: coinbases pay the pool wallet {own}; balances are paid on chain{}",
+                if wallet.can_sign() {
+                    ""
+                } else {
+                    " once an external signer signs each exported PSBT"
+                }
+            );
+            let script = own.script_pubkey();
+            Ok((PayoutScheme::Pool(script), Some(signer_of(wallet))))
+        }
+    }
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -219,40 +341,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (Backend::Bitcoind(backend), network_of(&args.bitcoind_chain)?)
         }
     };
-    let mut wallet = None;
-    let payout = match args.payout_scheme {
-        Scheme::Solo => PayoutScheme::Solo,
-        Scheme::Pool => {
-            let key = args.data_dir.join(payouts::keyfile::KEY_FILE);
-            let (w, created) = payouts::keyfile::load_or_create(&key)?;
-            let own = w.address(network);
-            if created {
-                println!(
-                    "pool wallet: new key in {} (back it up: it holds the pool's coins)",
-                    key.display()
-                );
-            }
-            match args.pool_address.as_deref() {
-                None => {
-                    println!("pool mode: coinbases pay the pool wallet {own}; balances are paid on chain");
-                    let script = own.script_pubkey();
-                    wallet = Some(w);
-                    PayoutScheme::Pool(script)
-                }
-                Some(a) => {
-                    let addr = bitcoin::Address::from_str(a)
-                        .with_context(|| format!("--pool-address '{a}'"))?
-                        .require_network(network)
-                        .with_context(|| format!("--pool-address '{a}' is not an address for {network}"))?;
-                    if addr == own {
-                        wallet = Some(w);
-                    } else {
-                        println!("pool mode: coinbases pay {addr}, not the pool wallet ({own}): balance payouts are OFF, balances accrue in the ledger");
-                    }
-                    PayoutScheme::Pool(addr.script_pubkey())
-                }
-            }
-        }
+    let (payout, signer) = match args.payout_scheme {
+        Scheme::Solo => (PayoutScheme::Solo, None),
+        Scheme::Pool => pool_payout(&args, network)?,
     };
     let mut cfg = PoolConfig::new(network, payout);
     cfg.initial_difficulty =
@@ -315,7 +406,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     pool.feed_ledger(ledger.clone());
     let payouts_token = tokio_util::sync::CancellationToken::new();
-    let payouts_task = wallet.map(|w| {
+    let payouts_task = signer.map(|signer| {
         let cfg = payouts::PayoutConfig {
             network,
             threshold_sat: args.payout_threshold_sat,
@@ -327,7 +418,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "payouts: balances of at least {} sat, every {} s, {} sat/vB, settled after {} confirmations",
             cfg.threshold_sat, args.payout_interval_s, cfg.feerate_sat_per_vb, cfg.confirmations
         );
-        let engine = payouts::Engine::new(ledger.clone(), backend.clone(), w, cfg);
+        let engine = payouts::Engine::with_signer(ledger.clone(), backend.clone(), signer, cfg);
         tokio::spawn(engine.run(payouts_token.clone()))
     });
     println!(

@@ -258,6 +258,9 @@ pub enum LedgerError {
     /// The ledger halted earlier; no writes until it is investigated.
     #[error("ledger halted: {0}")]
     Halted(String),
+    /// The request does not apply to what is stored (nothing was written).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// The result of posting one transaction.
@@ -362,6 +365,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "pool reserve may go negative",
         include_str!("../migrations/sqlite/0004_pool_reserve.sql"),
     ),
+    (
+        5,
+        "payout methods: pool key, PSBT, Core wallet",
+        include_str!("../migrations/sqlite/0005_payout_methods.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -383,6 +391,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "pool reserve may go negative",
         include_str!("../migrations/postgres/0004_pool_reserve.sql"),
+    ),
+    (
+        5,
+        "payout methods: pool key, PSBT, Core wallet",
+        include_str!("../migrations/postgres/0005_payout_methods.sql"),
     ),
 ];
 
@@ -440,7 +453,9 @@ fn classify(e: sqlx::Error) -> LedgerError {
 
 #[macro_use]
 mod payouts;
-pub use payouts::{PayoutDraft, PayoutLine, PayoutRecord, PayoutSkip, PayoutState, PAYOUTS_LIST_MAX};
+pub use payouts::{
+    PayoutDraft, PayoutLine, PayoutMethod, PayoutRecord, PayoutSkip, PayoutState, PAYOUTS_LIST_MAX,
+};
 
 /// The ledger.
 #[derive(Debug)]

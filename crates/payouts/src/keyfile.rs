@@ -53,13 +53,13 @@ pub fn load_or_create(path: &Path) -> Result<(Wallet, bool), KeyFileError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let wallet = loop {
+    let (wallet, bytes) = loop {
         let bytes: [u8; 32] = bitcoin::secp256k1::rand::random();
         if let Ok(w) = Wallet::from_secret(&bytes) {
-            break w;
+            break (w, bytes);
         }
     };
-    let hex = wallet.secret_bytes().to_lower_hex_string();
+    let hex = bytes.to_lower_hex_string();
     let tmp = path.with_extension("key.tmp");
     {
         let mut opts = std::fs::OpenOptions::new();

@@ -44,9 +44,10 @@ pub enum BuildError {
     Overflow,
 }
 
-/// The pool wallet's key. `Debug` never prints the secret.
+/// The pool wallet's key: a secret key (the pool signs), or only the public key (watch-only: an
+/// external signer holds the secret, [`crate::psbt`]). `Debug` never prints the secret.
 pub struct Wallet {
-    secret: SecretKey,
+    secret: Option<SecretKey>,
     public: CompressedPublicKey,
     script: ScriptBuf,
 }
@@ -67,15 +68,34 @@ impl Wallet {
         let public = CompressedPublicKey(secp256k1::PublicKey::from_secret_key(&secp, &secret));
         let script = ScriptBuf::new_p2wpkh(&public.wpubkey_hash());
         Ok(Wallet {
-            secret,
+            secret: Some(secret),
             public,
             script,
         })
     }
 
-    /// The secret bytes (for writing the key file).
-    pub fn secret_bytes(&self) -> [u8; 32] {
-        self.secret.secret_bytes()
+    /// A watch-only wallet: payouts are built unsigned for an external signer holding the secret.
+    pub fn watch_only(public: CompressedPublicKey) -> Wallet {
+        Wallet {
+            secret: None,
+            script: ScriptBuf::new_p2wpkh(&public.wpubkey_hash()),
+            public,
+        }
+    }
+
+    /// The secret bytes (for writing the key file); `None` for a watch-only wallet.
+    pub fn secret_bytes(&self) -> Option<[u8; 32]> {
+        self.secret.map(|s| s.secret_bytes())
+    }
+
+    /// Whether the pool holds the secret (and signs payouts itself).
+    pub fn can_sign(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> CompressedPublicKey {
+        self.public
     }
 
     /// The wallet's output script (P2WPKH): what the pool's coinbase pays.
@@ -98,11 +118,13 @@ pub struct PayTo {
     pub debit_sat: u64,
 }
 
-/// A built and signed payout.
+/// A built payout: signed by the wallet's key, or unsigned (empty witnesses) for a watch-only wallet.
 #[derive(Debug, Clone)]
 pub struct Built {
-    /// The signed transaction.
+    /// The transaction (signed if the wallet can sign).
     pub tx: Transaction,
+    /// The coins it spends, in input order.
+    pub spent: Vec<SpendableCoin>,
     /// Network fee paid (sat) = `n · share`.
     pub fee_sat: u64,
     /// Per payee of the request (same order): `Some(output sat)` if paid in this batch.
@@ -114,7 +136,9 @@ pub struct Built {
 /// Most payees in one batch (a transaction of about 22 kvB, well inside Core's standard size).
 pub const PAYEES_PER_TX_MAX: usize = 500;
 
-/// Builds and signs one batched payout from `coins` (spent oldest first) at `feerate_sat_per_vb`.
+/// Builds one batched payout from `coins` (spent oldest first) at `feerate_sat_per_vb`, signed if the
+/// wallet holds its secret (else every witness is empty: the size was estimated with the largest
+/// P2WPKH witness, so the feerate holds once an external signer signs it).
 /// At most [`PAYEES_PER_TX_MAX`] payees: callers batch the rest in a later payout.
 pub fn build_payout(
     wallet: &Wallet,
@@ -220,10 +244,14 @@ pub fn build_payout(
                 }
             }
         }
-        sign(wallet, &mut tx, &used)?;
+        match &wallet.secret {
+            Some(secret) => sign(secret, &wallet.public, &wallet.script, &mut tx, &used)?,
+            None => tx.input.iter_mut().for_each(|i| i.witness = Witness::new()),
+        }
         dropped.sort();
         return Ok(Built {
             tx,
+            spent: used.into_iter().cloned().collect(),
             fee_sat: share * n,
             paid,
             dropped,
@@ -232,15 +260,21 @@ pub fn build_payout(
 }
 
 /// Signs every input (all spend the wallet's P2WPKH script), SIGHASH_ALL.
-fn sign(wallet: &Wallet, tx: &mut Transaction, coins: &[&SpendableCoin]) -> Result<(), BuildError> {
+fn sign(
+    secret: &SecretKey,
+    public: &CompressedPublicKey,
+    script: &ScriptBuf,
+    tx: &mut Transaction,
+    coins: &[&SpendableCoin],
+) -> Result<(), BuildError> {
     let secp = Secp256k1::signing_only();
     let mut cache = SighashCache::new(tx);
     for (i, c) in coins.iter().enumerate() {
         let sighash = cache
-            .p2wpkh_signature_hash(i, &wallet.script, c.txout.value, EcdsaSighashType::All)
+            .p2wpkh_signature_hash(i, script, c.txout.value, EcdsaSighashType::All)
             .map_err(|e| BuildError::Sign(e.to_string()))?;
         let msg = secp256k1::Message::from(sighash);
-        let signature = secp.sign_ecdsa(&msg, &wallet.secret);
+        let signature = secp.sign_ecdsa(&msg, secret);
         let sig = bitcoin::ecdsa::Signature {
             signature,
             sighash_type: EcdsaSighashType::All,
@@ -248,7 +282,7 @@ fn sign(wallet: &Wallet, tx: &mut Transaction, coins: &[&SpendableCoin]) -> Resu
         let w = cache
             .witness_mut(i)
             .ok_or_else(|| BuildError::Sign(format!("no input {i}")))?;
-        *w = Witness::p2wpkh(&sig, &wallet.public.0);
+        *w = Witness::p2wpkh(&sig, &public.0);
     }
     Ok(())
 }

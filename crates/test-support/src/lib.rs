@@ -279,3 +279,30 @@ pub async fn pps_expected(
     want.retain(|_, v| *v > 0);
     want
 }
+
+/// What an external signer (a hardware wallet, `bitcoin-cli walletprocesspsbt`) does with a
+/// payout PSBT: signs every P2WPKH input with `secret` (SIGHASH_ALL, the input's `witness_utxo`)
+/// and adds the signature as a partial signature, leaving finalization to the pool.
+pub fn sign_psbt_p2wpkh(psbt: &mut bitcoin::psbt::Psbt, secret: &[u8; 32]) {
+    use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
+    use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+    let sk = SecretKey::from_slice(secret).expect("secret key");
+    let secp = Secp256k1::new();
+    let pk = bitcoin::PublicKey::new(sk.public_key(&secp));
+    let tx = psbt.unsigned_tx.clone();
+    let mut cache = SighashCache::new(&tx);
+    for (i, input) in psbt.inputs.iter_mut().enumerate() {
+        let prev = input.witness_utxo.clone().expect("witness_utxo");
+        let h = cache
+            .p2wpkh_signature_hash(i, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
+            .expect("sighash");
+        let signature = secp.sign_ecdsa(&Message::from(h), &sk);
+        input.partial_sigs.insert(
+            pk,
+            bitcoin::ecdsa::Signature {
+                signature,
+                sighash_type: EcdsaSighashType::All,
+            },
+        );
+    }
+}

@@ -487,3 +487,108 @@ async fn pplns_with_coinbase_payees_pays_on_chain_and_the_books_agree() {
         payout.txid
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_import_psbt_records_an_externally_signed_payout_once() {
+    // A pool wallet whose key the pool never holds: 101 dev-chain blocks pay its address.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = [5u8; 32];
+    let watch = payouts::Wallet::watch_only(payouts::Wallet::from_secret(&secret).unwrap().public_key());
+    let node = chain::DevNode::new(devchain::DevChain::open(dir.path(), 30).unwrap());
+    {
+        let (node, script) = (node.clone(), watch.script().clone());
+        tokio::task::spawn_blocking(move || {
+            let mut c = node.lock();
+            for _ in 0..101 {
+                let now = c
+                    .tip()
+                    .block
+                    .header
+                    .time
+                    .max(chain::dev::now().saturating_sub(7_000))
+                    + 30;
+                let b = c.generate_block(&script, now, 10_000_000).unwrap();
+                c.submit_block(b, now).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let l = std::sync::Arc::new(
+        ledger::Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
+            .await
+            .unwrap(),
+    );
+    use ledger::{Account, PlatformAccount, Posting};
+    let m = units::MilliSats::new(3_000_000_000).unwrap();
+    let tx = ledger::Transaction::new(
+        "c1",
+        "credit",
+        vec![
+            Posting::debit(Account::Platform(PlatformAccount::Mined), m).unwrap(),
+            Posting::credit(Account::available(ALICE), m).unwrap(),
+        ],
+    )
+    .unwrap();
+    l.post(&tx).await.unwrap();
+    let engine = payouts::Engine::with_signer(
+        l.clone(),
+        chain::Backend::Dev(node),
+        payouts::Signer::Psbt {
+            wallet: watch,
+            origin: None,
+            dir: dir.path().join("payouts"),
+        },
+        payouts::PayoutConfig {
+            network: bitcoin::Network::Regtest,
+            threshold_sat: 1_000,
+            feerate_sat_per_vb: 2,
+            confirmations: 1,
+            interval: Duration::from_secs(1),
+        },
+    );
+    let payouts::Round::AwaitingSignature { txid, file, .. } = engine.pay().await.unwrap() else {
+        panic!("not exported")
+    };
+    drop(engine);
+    l.close().await;
+    // The operator signs the file elsewhere and imports it with the CLI.
+    let mut psbt = payouts::psbt::parse(&std::fs::read(&file).unwrap()).unwrap();
+    test_support::sign_psbt_p2wpkh(&mut psbt, &secret);
+    let signed = dir.path().join("signed.psbt");
+    std::fs::write(&signed, psbt.serialize()).unwrap(); // binary this time
+    let import = |f: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+            .args(["ledger", "--data-dir"])
+            .arg(dir.path())
+            .arg("import-psbt")
+            .arg(f)
+            .output()
+            .unwrap()
+    };
+    let out = import(&signed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&txid));
+    let again = import(&signed);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("signed already"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let junk = dir.path().join("junk.psbt");
+    std::fs::write(&junk, b"not a psbt at all").unwrap();
+    let bad = import(&junk);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a PSBT"));
+    let l = ledger::Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
+        .await
+        .unwrap();
+    let p = &l.payouts(None, 10).await.unwrap()[0];
+    assert!(p.signed && p.txid == txid);
+    let tx: bitcoin::Transaction = bitcoin::consensus::deserialize(&p.raw_tx).unwrap();
+    assert!(
+        tx.input.iter().all(|i| i.witness.len() == 2),
+        "finalized P2WPKH witnesses"
+    );
+}

@@ -27,17 +27,56 @@ pub struct PayoutLine {
     pub paid_sat: i64,
 }
 
-/// A payout about to be recorded: the signed transaction and its payees.
+/// How a payout is signed and sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayoutMethod {
+    /// Built and signed with the pool's own key; the recorded bytes are final.
+    PoolKey,
+    /// Built without a key and exported as a PSBT; the recorded bytes are the unsigned transaction
+    /// (its txid is final: every input is segwit) until the signed one is imported.
+    Psbt,
+    /// Sent by Bitcoin Core's wallet (`sendmany`); until then the txid column holds the intent id
+    /// (the comment the wallet transaction carries) and the bytes the outputs to pay.
+    CoreWallet,
+}
+
+impl PayoutMethod {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayoutMethod::PoolKey => "pool-key",
+            PayoutMethod::Psbt => "psbt",
+            PayoutMethod::CoreWallet => "core-wallet",
+        }
+    }
+    fn parse(s: &str) -> Result<PayoutMethod, LedgerError> {
+        Ok(match s {
+            "pool-key" => PayoutMethod::PoolKey,
+            "psbt" => PayoutMethod::Psbt,
+            "core-wallet" => PayoutMethod::CoreWallet,
+            other => return Err(LedgerError::Invariant(format!("payout method {other:?}"))),
+        })
+    }
+}
+
+/// A payout about to be recorded: the transaction (signed, or to be signed or sent) and its payees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayoutDraft {
-    /// Transaction id (hex, display order).
+    /// Transaction id (hex, display order); a Core wallet payout's intent id until it is sent.
     pub txid: String,
-    /// The signed transaction, consensus-encoded.
+    /// The transaction, consensus-encoded (see [`PayoutMethod`] for what it holds).
     pub raw_tx: Vec<u8>,
-    /// Network fee (sat).
+    /// Network fee (sat); for a Core wallet payout, the fee the payees bear (the wallet's actual
+    /// fee is booked against it when the payout confirms).
     pub fee_sat: u64,
     /// Payees.
     pub lines: Vec<PayoutLine>,
+    /// How it is signed and sent.
+    pub method: PayoutMethod,
+    /// Whether `raw_tx` is the final, signed transaction.
+    pub signed: bool,
+    /// The exported PSBT (method [`PayoutMethod::Psbt`]).
+    pub psbt: Option<Vec<u8>>,
 }
 
 /// Where a payout stands.
@@ -93,6 +132,12 @@ pub struct PayoutRecord {
     pub note: String,
     /// Payees.
     pub lines: Vec<PayoutLine>,
+    /// How it is signed and sent.
+    pub method: PayoutMethod,
+    /// Whether `raw_tx` is the final, signed transaction.
+    pub signed: bool,
+    /// The exported PSBT, if any.
+    pub psbt: Option<Vec<u8>>,
 }
 
 /// An owner above the threshold who could not be paid.
@@ -131,14 +176,17 @@ macro_rules! write_extra {
                 let fee = i64::try_from(d.fee_sat)
                     .map_err(|_| LedgerError::Invariant("payout fee out of range".into()))?;
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO payouts (tx_id, txid, raw_tx, fee_sat, state, created_ms) \
-                     VALUES ($1, $2, $3, $4, 'in_flight', $5) RETURNING id",
+                    "INSERT INTO payouts (tx_id, txid, raw_tx, fee_sat, state, created_ms, method, signed, psbt) \
+                     VALUES ($1, $2, $3, $4, 'in_flight', $5, $6, $7, $8) RETURNING id",
                 )
                 .bind($tx_id)
                 .bind(d.txid.as_str())
                 .bind(d.raw_tx.as_slice())
                 .bind(fee)
                 .bind($now)
+                .bind(d.method.as_str())
+                .bind(i64::from(d.signed))
+                .bind(d.psbt.as_deref())
                 .fetch_one(&mut *$c)
                 .await
                 .map_err(classify)?;
@@ -240,8 +288,8 @@ impl Ledger {
         let filter = state.map_or("%", PayoutState::as_str);
         let mut out = on_pool!(&self.db, pool => {
             let rows = sqlx::query(
-                "SELECT p.id, t.idem_key, p.txid, p.raw_tx, p.fee_sat, p.state, p.created_ms, p.confirmed_height, p.note \
-                 FROM payouts p JOIN ledger_transactions t ON t.id = p.tx_id \
+                "SELECT p.id, t.idem_key, p.txid, p.raw_tx, p.fee_sat, p.state, p.created_ms, p.confirmed_height, p.note, \
+                 p.method, p.signed, p.psbt FROM payouts p JOIN ledger_transactions t ON t.id = p.tx_id \
                  WHERE p.state LIKE $1 ORDER BY p.id DESC LIMIT $2",
             )
             .bind(filter)
@@ -252,7 +300,12 @@ impl Ledger {
             let mut v = Vec::with_capacity(rows.len());
             for r in &rows {
                 let state: String = r.try_get(5).map_err(classify)?;
+                let method: String = r.try_get(9).map_err(classify)?;
+                let signed: i64 = r.try_get(10).map_err(classify)?;
                 v.push(PayoutRecord {
+                    method: PayoutMethod::parse(&method)?,
+                    signed: signed != 0,
+                    psbt: r.try_get(11).map_err(classify)?,
                     id: r.try_get(0).map_err(classify)?,
                     key: r.try_get(1).map_err(classify)?,
                     txid: r.try_get(2).map_err(classify)?,
@@ -295,6 +348,35 @@ impl Ledger {
             p.lines = lines.remove(&p.id).unwrap_or_default();
         }
         Ok(out)
+    }
+
+    /// Completes an in-flight payout whose bytes were not final: the signed transaction of an
+    /// exported PSBT (same txid), or what a Core wallet sent (its txid replaces the intent id). Once:
+    /// a payout already completed is refused, and so is a PSBT payout's different txid.
+    pub async fn complete_payout(
+        &self,
+        payout_id: i64,
+        txid: &str,
+        raw_tx: &[u8],
+    ) -> Result<(), LedgerError> {
+        self.check_halted()?;
+        let n = on_pool!(&self.db, pool => sqlx::query(
+            "UPDATE payouts SET txid = $1, raw_tx = $2, signed = 1 \
+             WHERE id = $3 AND state = 'in_flight' AND signed = 0 AND (method = 'core-wallet' OR txid = $1)",
+        )
+        .bind(txid)
+        .bind(raw_tx)
+        .bind(payout_id)
+        .execute(pool)
+        .await
+        .map_err(classify)?
+        .rows_affected());
+        if n != 1 {
+            return Err(LedgerError::Refused(format!(
+                "payout {payout_id} is not an in-flight payout awaiting its bytes with txid {txid}"
+            )));
+        }
+        Ok(())
     }
 
     /// Whether any payout is in flight (one indexed probe; no rows read).

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use units::MilliSats;
 
+mod core_wallet;
+
 fn wallet() -> Wallet {
     Wallet::from_secret(&[7u8; 32]).unwrap()
 }
@@ -674,6 +676,82 @@ async fn a_confirmed_payout_a_reorg_took_out_of_the_chain_is_broadcast_again() {
         assert!(node.lock().find_tx(&txid.parse().unwrap()).is_some(), "{backend}");
         assert_eq!(paid_on_chain(&node, &alice).len(), 1, "{backend}: paid once");
         assert!(engine.settle().await.unwrap().rebroadcast.is_empty());
+        assert!(l.verify().await.unwrap().problems.is_empty());
+        l.close().await;
+    }
+}
+
+/// An exported PSBT file's text signed by `secret`, as base64 (what the signer hands back).
+fn sign_psbt_text(text: &str, secret: &[u8; 32]) -> Vec<u8> {
+    let mut psbt = payouts::psbt::parse(text.as_bytes()).unwrap();
+    test_support::sign_psbt_p2wpkh(&mut psbt, secret);
+    payouts::psbt::to_base64(&psbt).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_signer_signs_the_exported_psbt_and_the_pool_broadcasts_it_once() {
+    for (backend, url, _keep) in test_support::fresh_databases().await {
+        // The pool holds only the public key of wallet(); the "hardware wallet" holds [7; 32].
+        let (dir, node, wscript, l) = funded_wallet(&url).await;
+        let (alice, bob) = (addr(1), addr(2));
+        credit(&l, "c1", &alice, 3_000_000_000).await;
+        credit(&l, "c2", &bob, 2_000_000_500).await;
+        let psbt_dir = dir.path().join("payouts");
+        let signer = payouts::Signer::Psbt {
+            wallet: Wallet::watch_only(wallet().public_key()),
+            origin: Some("d34db33f/84h/1h/0h/0/0".parse().unwrap()),
+            dir: psbt_dir.clone(),
+        };
+        let engine = Engine::with_signer(l.clone(), Backend::Dev(node.clone()), signer, cfg(1_000, 2));
+        let Round::AwaitingSignature { txid, payees, file } = engine.pay().await.unwrap() else {
+            panic!("{backend}: not exported")
+        };
+        assert_eq!(payees, 2);
+        assert_eq!(file, psbt_dir.join(format!("{txid}.psbt")));
+        // In flight in the books; nothing on the network; no second payout while it waits.
+        assert_eq!(l.balance(&Account::available(&alice)).await.unwrap(), 0);
+        assert_eq!(engine.pay().await.unwrap(), Round::Busy);
+        let s = engine.settle().await.unwrap();
+        assert!(
+            s.rebroadcast.is_empty() && s.confirmed.is_empty(),
+            "{backend}: {s:?}"
+        );
+        assert_eq!(
+            node.tx_status(&txid.parse().unwrap()).await.unwrap(),
+            TxStatus::Unknown,
+            "{backend}: an unsigned payout is never broadcast"
+        );
+        // The file is lost: the next pass writes it again from the ledger.
+        std::fs::remove_file(&file).unwrap();
+        engine.settle().await.unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        // A PSBT signed by the wrong key is refused; nothing is recorded.
+        let wrong = sign_psbt_text(&text, &[9; 32]);
+        let e = payouts::import_signed_psbt(&l, &wrong).await.unwrap_err();
+        assert!(e.contains("not signed"), "{backend}: {e}");
+        assert!(!l.payouts(None, 10).await.unwrap()[0].signed);
+        // Signed properly: imported (once), broadcast by the next pass, confirmed, paid once.
+        let signed = sign_psbt_text(&text, &[7; 32]);
+        assert_eq!(payouts::import_signed_psbt(&l, &signed).await.unwrap(), txid);
+        let again = payouts::import_signed_psbt(&l, &signed).await.unwrap_err();
+        assert!(again.contains("signed already"), "{backend}: {again}");
+        let s = engine.settle().await.unwrap();
+        assert_eq!(s.rebroadcast, vec![txid.clone()], "{backend}");
+        mine(&node, &wscript, 1).await;
+        assert_eq!(engine.settle().await.unwrap().confirmed, vec![txid.clone()]);
+        assert_eq!(paid_on_chain(&node, &alice).len(), 1, "{backend}");
+        assert_eq!(paid_on_chain(&node, &bob).len(), 1, "{backend}");
+        let p = &l.payouts(None, 10).await.unwrap()[0];
+        assert_eq!(
+            (p.state, p.method, p.signed),
+            (PayoutState::Confirmed, ledger::PayoutMethod::Psbt, true)
+        );
+        let paid = l
+            .balance(&Account::Platform(PlatformAccount::PaidOut))
+            .await
+            .unwrap();
+        let debited: i64 = p.lines.iter().map(|x| x.debit_msat).sum();
+        assert_eq!(paid, debited, "{backend}");
         assert!(l.verify().await.unwrap().problems.is_empty());
         l.close().await;
     }
