@@ -415,6 +415,51 @@ async fn ingest_bench(url: Option<String>, n: usize, batch: usize) -> anyhow::Re
         n as f64 / secs,
         batch.min(n)
     );
+    // What a coinbase payee plan costs (pool::payees): read the window back from the work log (90 %
+    // of the ingested work, newest first) and turn it into 200 payee outputs of a 3.125 BTC coinbase.
+    let total: u128 = records.iter().map(|r| r.work).sum();
+    let window = total / 10 * 9;
+    let start = Instant::now();
+    let shares = l
+        .work_window_upto(&source, (n as u64).saturating_sub(1), window)
+        .await?;
+    let read = start.elapsed().as_secs_f64();
+    let rule = pool::payees::PayeeRule {
+        max: pool::config::COINBASE_PAYEES_MAX,
+        min_sat: 1,
+        network: bitcoin::Network::Regtest,
+        pool_script: bitcoin::ScriptBuf::new(),
+    };
+    let in_window = shares.len();
+    // The bench's owner names stand for addresses: give each a real regtest address (not timed).
+    let addr_of: std::collections::HashMap<&String, String> = owners
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let script = bitcoin::ScriptBuf::from_bytes((i as u32).to_le_bytes().to_vec());
+            (
+                o,
+                bitcoin::Address::p2wsh(&script, bitcoin::Network::Regtest).to_string(),
+            )
+        })
+        .collect();
+    let shares: Vec<(String, u128)> = shares
+        .into_iter()
+        .map(|(o, w)| (addr_of.get(&o).cloned().unwrap_or(o), w))
+        .collect();
+    let start = Instant::now();
+    let plan = pool::payees::PayeePlan::new(shares, i64::try_from(n).unwrap_or(i64::MAX), window, &rule);
+    let outs = plan
+        .outputs(312_500_000, 20_000, &rule)
+        .map_err(anyhow::Error::msg)?;
+    let build = start.elapsed().as_secs_f64();
+    println!(
+        "coinbase payee plan ({}): window of {in_window} shares read in {read:.3} s; {} owners → {} outputs in {:.2} ms",
+        l.backend(),
+        plan.owners(),
+        outs.len(),
+        build * 1e3
+    );
     l.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

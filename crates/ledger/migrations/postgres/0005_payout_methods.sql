@@ -1,7 +1,7 @@
 -- How a payout is signed and sent (see ../sqlite/0005_payout_methods.sql for the design).
 ALTER TABLE payouts ADD COLUMN method TEXT NOT NULL DEFAULT 'pool-key'
     CHECK (method IN ('pool-key', 'psbt', 'core-wallet'));
-ALTER TABLE payouts ADD COLUMN signed INTEGER NOT NULL DEFAULT 1 CHECK (signed IN (0, 1));
+ALTER TABLE payouts ADD COLUMN signed BIGINT NOT NULL DEFAULT 1 CHECK (signed IN (0, 1));
 ALTER TABLE payouts ADD COLUMN psbt BYTEA CHECK (psbt IS NULL OR length(psbt) BETWEEN 1 AND 1000000);
 
 CREATE OR REPLACE FUNCTION payouts_guard() RETURNS trigger AS $$

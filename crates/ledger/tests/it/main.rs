@@ -405,3 +405,100 @@ async fn the_pool_reserve_may_carry_pps_ahead_of_blocks_and_keys_are_a_cursor() 
         );
     }
 }
+
+#[tokio::test]
+async fn payout_bytes_are_completed_once_and_signed_bytes_never_change() {
+    use ledger::{PayoutDraft, PayoutLine, PayoutMethod, PayoutState};
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        l.post(&mint("m", "alice", 5_000_000)).await.unwrap();
+        let inflight = Account::Platform(PlatformAccount::PayoutsInFlight);
+        let debit = |key: &str| {
+            Transaction::transfer(
+                key,
+                "payout",
+                Account::available("alice"),
+                inflight.clone(),
+                msat(1_000_000),
+            )
+            .unwrap()
+        };
+        let line = PayoutLine {
+            owner: "alice".into(),
+            address: "bcrt1qexample".into(),
+            debit_msat: 1_000_000,
+            paid_sat: 900,
+        };
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        // A Core wallet payout: recorded under its intent id, then completed with the wallet's txid.
+        let draft = PayoutDraft {
+            txid: a.clone(),
+            raw_tx: vec![1; 60],
+            fee_sat: 100,
+            lines: vec![line.clone()],
+            method: PayoutMethod::CoreWallet,
+            signed: false,
+            psbt: None,
+        };
+        l.record_payout(&debit(&format!("payout:{a}")), &draft)
+            .await
+            .unwrap();
+        let id = l.payouts(None, 1).await.unwrap()[0].id;
+        l.complete_payout(id, &b, &[2; 70]).await.unwrap();
+        let p = &l.payouts(None, 1).await.unwrap()[0];
+        assert_eq!(
+            (p.txid.as_str(), p.signed, p.raw_tx.len()),
+            (b.as_str(), true, 70),
+            "{backend}"
+        );
+        // Once: a second completion is refused, and so is any edit of the signed bytes or txid.
+        assert!(matches!(
+            l.complete_payout(id, &a, &[3; 70]).await,
+            Err(LedgerError::Refused(_))
+        ));
+        for sql in [
+            "UPDATE payouts SET raw_tx = raw_tx || raw_tx",
+            "UPDATE payouts SET txid = 'cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc'",
+            "UPDATE payouts SET signed = 0",
+            "UPDATE payouts SET method = 'pool-key'",
+        ] {
+            let r = raw(&url, sql).await;
+            assert!(
+                r.unwrap_err().contains("ledger invariant"),
+                "{backend}: {sql} was allowed"
+            );
+        }
+        // A PSBT payout keeps its txid: completing it under another is refused.
+        let c = "c".repeat(64);
+        let draft = PayoutDraft {
+            txid: c.clone(),
+            method: PayoutMethod::Psbt,
+            psbt: Some(vec![9; 10]),
+            ..draft
+        };
+        l.record_payout(&debit(&format!("payout:{c}")), &draft)
+            .await
+            .unwrap();
+        let p = l.payouts(Some(PayoutState::InFlight), 10).await.unwrap();
+        let id = p.iter().find(|p| p.txid == c).unwrap().id;
+        assert!(matches!(
+            l.complete_payout(id, &a, &[4; 70]).await,
+            Err(LedgerError::Refused(_))
+        ));
+        let d = "d".repeat(64);
+        let r = raw(&url, &format!("UPDATE payouts SET txid = '{d}' WHERE id = {id}")).await;
+        assert!(r.unwrap_err().contains("ledger invariant"), "{backend}");
+        l.complete_payout(id, &c, &[4; 70]).await.unwrap();
+        assert_eq!(
+            l.payouts(None, 10)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|p| p.signed)
+                .count(),
+            2
+        );
+        assert!(l.halted().is_none(), "{backend}: refusals do not halt");
+        l.close().await;
+    }
+}
