@@ -300,6 +300,36 @@ impl BitcoindBackend {
         Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
     }
 
+    /// Fees of the best chain's block at `height` (`getblockstats` → `totalfee`, in sat), `None` if
+    /// the node has no block there (error -8, height out of range).
+    pub async fn block_fees(&self, height: u32) -> Result<Option<u64>, BackendError> {
+        let mut last = None;
+        for c in &self.inner.clients {
+            match c.call("getblockstats", json!([height, ["totalfee"]])).await {
+                Ok(v) => {
+                    return v
+                        .get("totalfee")
+                        .and_then(serde_json::Value::as_u64)
+                        .map(Some)
+                        .ok_or_else(|| {
+                            BackendError::Rpc(ClientError::Rpc {
+                                url: c.url().to_string(),
+                                error: core_rpc::RpcError::new(
+                                    code::MISC_ERROR,
+                                    format!("getblockstats: no totalfee in {v}"),
+                                ),
+                            })
+                        });
+                }
+                Err(ClientError::Rpc { error, .. }) if error.code == code::INVALID_PARAMETER => {
+                    return Ok(None)
+                }
+                Err(e) => last = Some(classify(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
+    }
+
     /// Outputs paying `script` from the first node that answers `scantxoutset` (Core scans its UTXO
     /// set: slow on mainnet, minutes; payouts run on a schedule). Immature coinbases are left out.
     /// Core's `scantxoutset` does not see the mempool: the payout engine keeps one payout in flight at

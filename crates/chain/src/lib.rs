@@ -139,6 +139,14 @@ impl Backend {
         }
     }
 
+    /// Fees (sat) of the best chain's block at `height` (for FPPS's `E[F]`), `None` above the tip.
+    pub async fn block_fees(&self, height: u32) -> Result<Option<u64>, BackendError> {
+        match self {
+            Backend::Dev(d) => d.block_fees(height).await,
+            Backend::Bitcoind(b) => b.block_fees(height).await,
+        }
+    }
+
     /// Watches the tip.
     pub fn tip(&self) -> tokio::sync::watch::Receiver<Tip> {
         match self {

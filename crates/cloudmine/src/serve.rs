@@ -52,7 +52,7 @@ pub enum SharingArg {
     Tides,
     /// Pay per share, d/D × subsidy × (1 − fee), at once, from the pool reserve.
     Pps,
-    /// Full pay per share, d/D × (subsidy + mean fees of recent templates) × (1 − fee).
+    /// Full pay per share, d/D × (subsidy + mean fees of the last 144 blocks) × (1 − fee).
     Fpps,
 }
 

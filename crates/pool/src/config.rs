@@ -44,7 +44,7 @@ pub enum Sharing {
     /// Pay per share: `d/D × B × (1−f)` per accepted share, at once, from the pool reserve; the
     /// pool's blocks refill the reserve.
     Pps,
-    /// Full pay per share: `d/D × (B + E[F]) × (1−f)`, `E[F]` the mean fees of recent templates.
+    /// Full pay per share: `d/D × (B + E[F]) × (1−f)`, `E[F]` the mean fees of the best chain's last 144 blocks.
     Fpps,
 }
 

@@ -34,8 +34,14 @@ use tokio_util::task::TaskTracker;
 
 /// Bytes read from a socket at once; also bounds how many pipelined requests wait unprocessed.
 pub const READ_CHUNK_BYTES: usize = 4096;
-/// Heights whose template fees make FPPS's `E[F]` (about a day of mainnet blocks).
+/// Blocks whose fees make FPPS's `E[F]`: the newest this many of the best chain (about a day of
+/// mainnet blocks).
 pub const FEE_HISTORY_HEIGHTS: usize = 144;
+/// How long start-up may spend reading the recent blocks' fees (past it, `E[F]` starts from what
+/// was read, and grows with every new block).
+pub const FEE_BACKFILL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Heights re-read below a new tip (a short reorganisation replaces their blocks' fees).
+pub const FEE_REREAD_DEPTH: u32 = 3;
 /// How often connections run their vardiff check.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -54,9 +60,9 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     bans: Mutex<HashMap<IpAddr, Instant>>,
     next_en1: AtomicU32,
-    /// Recent templates' fees, (height, sat) with the newest value per height, at most
-    /// [`FEE_HISTORY_HEIGHTS`]: FPPS's `E[F]`.
-    fee_history: Mutex<VecDeque<(u32, i64)>>,
+    /// The best chain's recent blocks' fees by height (sat), at most [`FEE_HISTORY_HEIGHTS`]:
+    /// FPPS's `E[F]` is their mean.
+    fee_history: Mutex<std::collections::BTreeMap<u32, u64>>,
     /// Each live connection's control mailbox, by its extranonce1.
     mailboxes: Mutex<HashMap<[u8; 4], Arc<Mailbox>>>,
     /// The ledger, once [`Pool::feed_ledger`] connected one (read by the HTTP API).
@@ -139,10 +145,18 @@ impl Pool {
             // Start from a random point so restarts do not reuse extranonce1 values.
             next_en1: AtomicU32::new(rand_u32()),
             mailboxes: Mutex::new(HashMap::new()),
-            fee_history: Mutex::new(VecDeque::new()),
+            fee_history: Mutex::new(std::collections::BTreeMap::new()),
             ledger: std::sync::OnceLock::new(),
             payees: cfg_payees,
         });
+        let tip = shared.backend.tip().borrow().height;
+        let first = tip.saturating_sub(u32::try_from(FEE_HISTORY_HEIGHTS).unwrap_or(u32::MAX) - 1);
+        if tokio::time::timeout(FEE_BACKFILL_TIMEOUT, learn_block_fees(&shared, first, tip))
+            .await
+            .is_err()
+        {
+            tracing::warn!("reading recent blocks' fees took longer than FEE_BACKFILL_TIMEOUT; E[F] starts from those read");
+        }
         refresh_once(&shared, &jobs_tx, true).await;
         tracker.spawn(templates(shared.clone(), jobs_tx, token.clone()));
         tracker.spawn(accept_loop(
@@ -293,23 +307,13 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
             let fees_sat = job.template.fees().to_sat();
             let fees = i64::try_from(fees_sat).unwrap_or(i64::MAX);
             let subsidy = job.template.coinbase_value.to_sat().saturating_sub(fees_sat);
+            // E[F]: the mean fees of the recent blocks below this job's height, floored.
             let expected = {
-                let mut h = shared.fee_history.lock().unwrap_or_else(|p| p.into_inner());
-                let height = job.template.height;
-                let older: Vec<i64> = h.iter().filter(|(x, _)| *x < height).map(|(_, f)| *f).collect();
-                let mean = if older.is_empty() {
-                    0
-                } else {
-                    older.iter().sum::<i64>() / older.len() as i64
-                };
-                match h.back_mut() {
-                    Some((x, f)) if *x == height => *f = fees,
-                    _ => h.push_back((height, fees)),
-                }
-                while h.len() > FEE_HISTORY_HEIGHTS {
-                    h.pop_front();
-                }
-                mean
+                let h = shared.fee_history.lock().unwrap_or_else(|p| p.into_inner());
+                let older: Vec<u64> = h.range(..job.template.height).map(|(_, f)| *f).collect();
+                let sum: u128 = older.iter().map(|f| u128::from(*f)).sum();
+                let mean = sum.checked_div(older.len() as u128).unwrap_or(0);
+                i64::try_from(mean).unwrap_or(i64::MAX)
             };
             let rec = crate::share_log::JobRecord {
                 job_id: i64::try_from(job.id).unwrap_or(i64::MAX),
@@ -363,6 +367,29 @@ fn coinbase_payees(shared: &Shared, value_sat: u64) -> (Vec<bitcoin::TxOut>, Opt
     }
 }
 
+/// Reads the fees of the best chain's blocks at heights `first..=last` into the FPPS fee history
+/// (a height above the tip is dropped), keeping the newest [`FEE_HISTORY_HEIGHTS`].
+async fn learn_block_fees(shared: &Shared, first: u32, last: u32) {
+    for h in first.max(1)..=last {
+        match shared.backend.block_fees(h).await {
+            Ok(f) => {
+                let mut hist = shared.fee_history.lock().unwrap_or_else(|p| p.into_inner());
+                match f {
+                    Some(f) => hist.insert(h, f),
+                    None => hist.remove(&h),
+                };
+                while hist.len() > FEE_HISTORY_HEIGHTS {
+                    hist.pop_first();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(height = h, error = %e, "block fees not read (FPPS's E[F] goes on without them)");
+                return;
+            }
+        }
+    }
+}
+
 async fn templates(shared: Arc<Shared>, tx: watch::Sender<Arc<JobSet>>, token: CancellationToken) {
     let mut tip = shared.backend.tip();
     let mut refresh = tokio::time::interval(shared.cfg.job_refresh_interval);
@@ -372,9 +399,12 @@ async fn templates(shared: Arc<Shared>, tx: watch::Sender<Arc<JobSet>>, token: C
             () = token.cancelled() => return,
             r = tip.changed() => {
                 if r.is_err() { return; }
-                tip.borrow_and_update();
+                let height = tip.borrow_and_update().height;
                 refresh_once(&shared, &tx, true).await;
                 refresh.reset();
+                // After the clean job went out (its E[F] ends one block earlier): the new block's
+                // fees, and those of the few below it a short reorganisation may have replaced.
+                learn_block_fees(&shared, height.saturating_sub(FEE_REREAD_DEPTH - 1), height).await;
             }
             _ = refresh.tick() => refresh_once(&shared, &tx, false).await,
         }

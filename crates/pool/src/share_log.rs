@@ -86,7 +86,7 @@ pub struct JobRecord {
     pub subsidy_sat: i64,
     /// The template's fees, sat.
     pub fees_sat: i64,
-    /// `E[F]` for FPPS at issue: the mean fees of recent templates, sat.
+    /// `E[F]` for FPPS at issue: the mean fees of the best chain's recent blocks (at most 144), sat.
     pub expected_fees_sat: i64,
     /// The coinbase payee plan the job's coinbase was built from ([`crate::payees::PlanRef`] as
     /// JSON), if it pays payees.

@@ -580,9 +580,14 @@ async fn core_backend_wallet_calls_read_cores_shapes() {
                       unspent(1, json!(0.00012345), false, 899_000),
                       unspent(2, json!(3.125), true, 899_950),   // coinbase 51 deep: immature
                       unspent(3, json!(3.12500001), true, 899_000),
+                      unspent(4, json!(0.00000546), false, 899_001), // printed 5.46e-6 by a double
                   ],
-                  "total_amount": 6.25012346}),
+                  "total_amount": 6.25012892}),
         ),
+    );
+    m.insert(
+        "getblockstats",
+        Ok(json!({"height": 900000, "totalfee": 2_345_678})),
     );
     m.insert(
         "sendrawtransaction",
@@ -603,9 +608,14 @@ async fn core_backend_wallet_calls_read_cores_shapes() {
         .collect();
     assert_eq!(
         got,
-        vec![(txid(1), 12_345, 899_000), (txid(3), 312_500_001, 899_000)],
+        vec![
+            (txid(1), 12_345, 899_000),
+            (txid(3), 312_500_001, 899_000),
+            (txid(4), 546, 899_001)
+        ],
         "exact amounts; the immature coinbase left out"
     );
+    assert_eq!(b.block_fees(900_000).await.unwrap(), Some(2_345_678));
     let tx = bitcoin::Transaction {
         version: bitcoin::transaction::Version::TWO,
         lock_time: bitcoin::absolute::LockTime::ZERO,

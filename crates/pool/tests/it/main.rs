@@ -1427,3 +1427,111 @@ async fn a_job_row_records_the_newest_share_queued_before_it() {
     assert_eq!(rows, vec![(1, 0), (2, 2)]);
     assert_eq!(log.max_job_id().await.unwrap(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fpps_expected_fees_are_the_mean_fees_of_recent_blocks() {
+    use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
+    use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+    // A dev chain of 101 blocks paying a P2WPKH key, then one block whose only other transaction
+    // spends the first coinbase and pays a fee of 12,345 sat.
+    let dir = tempfile::tempdir().unwrap();
+    let node = DevNode::new(devchain::DevChain::open(dir.path(), 30).unwrap());
+    let secp = Secp256k1::new();
+    let sk = SecretKey::from_slice(&[7; 32]).unwrap();
+    let pk = bitcoin::CompressedPublicKey(sk.public_key(&secp));
+    let spk = bitcoin::ScriptBuf::new_p2wpkh(&pk.wpubkey_hash());
+    let fee = 12_345u64;
+    {
+        let (node, spk) = (node.clone(), spk.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut c = node.lock();
+            let mine = |c: &mut devchain::DevChain| {
+                let now = c
+                    .tip()
+                    .block
+                    .header
+                    .time
+                    .max(chain::dev::now().saturating_sub(7_000))
+                    + 30;
+                let b = c.generate_block(&spk, now, 10_000_000).unwrap();
+                c.submit_block(b, now).unwrap();
+            };
+            for _ in 0..101 {
+                mine(&mut c);
+            }
+            let cb = c.at_height(1).unwrap().block.txdata[0].clone();
+            let mut tx = bitcoin::Transaction {
+                version: bitcoin::transaction::Version::TWO,
+                lock_time: bitcoin::absolute::LockTime::ZERO,
+                input: vec![bitcoin::TxIn {
+                    previous_output: bitcoin::OutPoint {
+                        txid: cb.compute_txid(),
+                        vout: 0,
+                    },
+                    ..Default::default()
+                }],
+                output: vec![bitcoin::TxOut {
+                    value: cb.output[0].value - bitcoin::Amount::from_sat(fee),
+                    script_pubkey: spk.clone(),
+                }],
+            };
+            let h = SighashCache::new(&tx)
+                .p2wpkh_signature_hash(0, &spk, cb.output[0].value, EcdsaSighashType::All)
+                .unwrap();
+            let sig = bitcoin::ecdsa::Signature {
+                signature: secp.sign_ecdsa(&Message::from(h), &sk),
+                sighash_type: EcdsaSighashType::All,
+            };
+            tx.input[0].witness = bitcoin::Witness::p2wpkh(&sig, &pk.0);
+            c.accept_transaction(tx, 0, None).unwrap();
+            mine(&mut c);
+        })
+        .await
+        .unwrap();
+    }
+    // Reopened, as `cloudmine serve` finds it (a node's tip watch starts at the stored tip; blocks
+    // submitted straight to the locked chain above did not move it).
+    drop(node);
+    let node = DevNode::new(devchain::DevChain::open(dir.path(), 30).unwrap());
+    assert_eq!(
+        Backend::Dev(node.clone()).block_fees(102).await.unwrap(),
+        Some(fee)
+    );
+    assert_eq!(Backend::Dev(node.clone()).block_fees(103).await.unwrap(), None);
+    // An FPPS pool started on it: its first job's E[F] is the mean over the 102 blocks (heights
+    // 1..=102, genesis aside), floored.
+    let mut cfg = PoolConfig::new(
+        Network::Regtest,
+        PayoutScheme::Pool(
+            bitcoin::Address::p2wsh(
+                &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 9]),
+                Network::Regtest,
+            )
+            .script_pubkey(),
+        ),
+    );
+    cfg.sharing = pool::config::Sharing::Fpps;
+    let (log, _writer) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+        .await
+        .unwrap();
+    let pool = Pool::start(cfg, Backend::Dev(node), log, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let db = pool.log().db().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (height, expected): (i64, i64) = loop {
+        let r: Option<(i64, i64)> =
+            sqlx::query_as("SELECT height, expected_fees_sat FROM jobs ORDER BY job_id LIMIT 1")
+                .fetch_optional(&db)
+                .await
+                .unwrap();
+        if let Some(r) = r {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no job row");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(height, 103);
+    assert_eq!(expected, (fee / 102) as i64, "E[F] = floor(12,345 / 102)");
+    pool.shutdown().await;
+}
