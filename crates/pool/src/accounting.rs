@@ -53,8 +53,12 @@ pub const INGEST_IDLE: Duration = Duration::from_millis(250);
 /// Longest wait between retries while the ledger is unavailable.
 pub const INGEST_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Copies one batch; returns how many shares were read from the share log.
-pub async fn ingest_once(log: &SqlitePool, ledger: &Ledger, after: i64) -> Result<(usize, i64), String> {
+/// Copies one batch of shares after share id `after`; returns the records copied and the last id.
+pub async fn ingest_once(
+    log: &SqlitePool,
+    ledger: &Ledger,
+    after: i64,
+) -> Result<(Vec<WorkRecord>, i64), String> {
     let rows = sqlx::query(
         "SELECT id, address, diff_int, diff_frac, ts_ms FROM shares WHERE id > ? ORDER BY id LIMIT ?",
     )
@@ -87,7 +91,7 @@ pub async fn ingest_once(log: &SqlitePool, ledger: &Ledger, after: i64) -> Resul
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok((recs.len(), last))
+    Ok((recs, last))
 }
 
 /// Longest interval between settlement passes when the tip does not move.
@@ -673,17 +677,21 @@ pub async fn credit_shares(
 }
 
 /// Coinbase payees: makes a new plan from the window ending at share `last` (the newest in the work
-/// log) when the current one is at least [`crate::payees::PLAN_EVERY`] old; a plan whose window has
-/// not moved is only re-dated. The window is `factor × W` for the newest job's bits.
+/// log) when the current one is at least [`crate::payees::PLAN_EVERY`] old. The window is
+/// `factor × W` for the newest job's bits, held in `rolling` as shares are copied; it is read from the
+/// work log when there is none yet, after a gap, or when the window grew.
 async fn refresh_plan(
     log: &SqlitePool,
     ledger: &Ledger,
-    sharing: crate::config::Sharing,
-    rule: &crate::payees::PayeeRule,
-    slot: &crate::server::PlanSlot,
+    (sharing, rule, slot): (
+        crate::config::Sharing,
+        &crate::payees::PayeeRule,
+        &crate::server::PlanSlot,
+    ),
+    rolling: &mut Option<crate::payees::RollingWindow>,
     last: i64,
 ) -> Result<(), String> {
-    use crate::payees::{PayeePlan, PLAN_EVERY};
+    use crate::payees::{RollingWindow, PLAN_EVERY};
     let current = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if current.as_ref().is_some_and(|p| p.made.elapsed() < PLAN_EVERY) {
         return Ok(());
@@ -701,20 +709,18 @@ async fn refresh_plan(
         return Err(format!("bits {bits:08x}: work out of range"));
     }
     let window = w.low_u128() * sharing.window_factor();
-    let plan = match current {
-        Some(p) if p.upto == last && p.window == window => {
-            let mut p = (*p).clone();
-            p.made = std::time::Instant::now();
-            p
-        }
-        _ => {
-            let shares = ledger
-                .work_window_upto(SOURCE, last.unsigned_abs(), window)
-                .await
-                .map_err(|e| e.to_string())?;
-            PayeePlan::new(shares, last, window, rule)
-        }
+    let usable = match rolling.as_mut() {
+        Some(r) if r.span().1 == last => r.span().0 == window || r.narrow_to(window),
+        _ => false,
     };
+    if !usable {
+        let shares = ledger
+            .work_window_upto(SOURCE, last.unsigned_abs(), window)
+            .await
+            .map_err(|e| e.to_string())?;
+        *rolling = Some(RollingWindow::load(shares, last, window));
+    }
+    let plan = rolling.as_ref().map(|r| r.plan(rule)).ok_or("no payee window")?;
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(plan));
     Ok(())
 }
@@ -738,6 +744,8 @@ pub async fn ingest_loop(
     let mut backoff = INGEST_IDLE;
     // PPS/FPPS: the last share credited (None: read it from the ledger's newest `pps:` key).
     let mut pps_after: Option<i64> = None;
+    // Coinbase payees: the window in memory (None: read it from the work log at the next plan).
+    let mut rolling: Option<crate::payees::RollingWindow> = None;
     loop {
         let step = async {
             let from = match after {
@@ -748,7 +756,20 @@ pub async fn ingest_loop(
                     .map_err(|e| e.to_string())?
                     .map_or(0, |h| i64::try_from(h).unwrap_or(i64::MAX)),
             };
-            let (n, last) = ingest_once(&log, &ledger, from).await?;
+            let (recs, last) = ingest_once(&log, &ledger, from).await?;
+            let n = recs.len();
+            // The payee plan's window follows the copy; after a gap (a resume from the ledger's
+            // high-water mark) it is read again.
+            if let Some(w) = rolling.as_mut() {
+                if w.span().1 == from {
+                    w.push(
+                        recs.iter()
+                            .map(|r| (i64::try_from(r.seq).unwrap_or(i64::MAX), r.owner.as_str(), r.work)),
+                    );
+                } else {
+                    rolling = None;
+                }
+            }
             let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM shares")
                 .fetch_one(&log)
                 .await
@@ -765,7 +786,7 @@ pub async fn ingest_loop(
             }
             if let Some(rule) = &rule {
                 if let Some((prule, Some(slot))) = &rule.payees {
-                    refresh_plan(&log, &ledger, rule.sharing, prule, slot, last).await?;
+                    refresh_plan(&log, &ledger, (rule.sharing, prule, slot), &mut rolling, last).await?;
                 }
                 blocks_after = credit_blocks(&log, &ledger, rule, blocks_after, last).await?;
                 // Settling asks the chain about every pending block: at most every SETTLE_EVERY,
@@ -795,6 +816,7 @@ pub async fn ingest_loop(
             Err(e) => {
                 after = None; // re-read the high-water mark: the ledger is the truth
                 pps_after = None;
+                rolling = None;
                 tracing::warn!(error = %e, retry_in = ?backoff, "ledger ingest failed; shares stay in the share log and will be copied later");
                 let w = backoff;
                 backoff = (backoff * 2).min(INGEST_RETRY_MAX);

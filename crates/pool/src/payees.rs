@@ -17,6 +17,12 @@
 //! one output). At most `max` outputs (largest amounts first, [`ledger::schemes::coinbase_payees`]),
 //! each at least `min_sat`. The same rule decides at issue and at credit.
 //!
+//! The plan's window is kept in memory as shares arrive ([`RollingWindow`]): the accounting task
+//! appends every share it copies into the work log and drops those that fell out of the window, so a
+//! plan costs a pass over the owners, not a read of the window. It is read from the work log once at
+//! start, and again when the window grows (a difficulty change); memory is about 32 bytes per share
+//! in the window.
+//!
 //! Costs, said plainly: every payee output adds 31–43 bytes to the coinbase, which every share's
 //! validation hashes and every `mining.notify` carries; and the block template must leave room for
 //! it (Bitcoin Core reserves 8,000 weight units for the coinbase by default, `-blockreservedweight`:
@@ -79,6 +85,130 @@ impl PlanRef {
                 .and_then(|f| u32::try_from(f).ok())
                 .ok_or_else(bad)?,
         })
+    }
+}
+
+/// The newest `window` of work of the work log, kept as shares arrive: the same shares, and the same
+/// partial edge share, that [`ledger::Ledger::work_window_upto`] would read, without reading them.
+#[derive(Debug, Clone, Default)]
+pub struct RollingWindow {
+    window: u128,
+    upto: i64,
+    /// Oldest first: (owner index, work counted). The oldest may be counted in part (the edge).
+    shares: std::collections::VecDeque<(u32, u128)>,
+    total: u128,
+    owners: Vec<String>,
+    index: HashMap<String, u32>,
+    sums: Vec<u128>,
+}
+
+impl RollingWindow {
+    /// A window loaded from the work log's read (`(owner, work)` newest first, as
+    /// `work_window_upto` returns them) ending at share `upto`.
+    pub fn load(newest_first: Vec<(String, u128)>, upto: i64, window: u128) -> RollingWindow {
+        let mut w = RollingWindow {
+            window,
+            upto,
+            ..RollingWindow::default()
+        };
+        for (owner, work) in newest_first.into_iter().rev() {
+            w.append(owner, work);
+        }
+        w.trim();
+        w
+    }
+
+    /// Its length in work, and its last share.
+    pub fn span(&self) -> (u128, i64) {
+        (self.window, self.upto)
+    }
+
+    /// Shares held.
+    pub fn len(&self) -> usize {
+        self.shares.len()
+    }
+
+    /// Whether it holds no share.
+    pub fn is_empty(&self) -> bool {
+        self.shares.is_empty()
+    }
+
+    fn append(&mut self, owner: String, work: u128) {
+        let i = match self.index.get(&owner) {
+            Some(i) => *i,
+            None => {
+                let i = u32::try_from(self.owners.len()).unwrap_or(u32::MAX);
+                self.index.insert(owner.clone(), i);
+                self.owners.push(owner);
+                self.sums.push(0);
+                i
+            }
+        };
+        if let Some(s) = self.sums.get_mut(i as usize) {
+            *s = s.saturating_add(work);
+        }
+        self.shares.push_back((i, work));
+        self.total = self.total.saturating_add(work);
+    }
+
+    /// Drops whole shares older than the window and cuts the oldest kept to the part inside it.
+    fn trim(&mut self) {
+        while let Some(&(i, w)) = self.shares.front() {
+            let rest = self.total - w;
+            if rest >= self.window {
+                self.shares.pop_front();
+                self.total = rest;
+                if let Some(s) = self.sums.get_mut(i as usize) {
+                    *s -= w;
+                }
+                continue;
+            }
+            let inside = self.window - rest;
+            if inside < w {
+                if let (Some(f), Some(s)) = (self.shares.front_mut(), self.sums.get_mut(i as usize)) {
+                    f.1 = inside;
+                    *s -= w - inside;
+                }
+                self.total = self.window;
+            }
+            break;
+        }
+    }
+
+    /// Appends shares copied into the work log after the last one held (`(seq, owner, work)` in seq
+    /// order; any at or below it are skipped: a re-copy after an outage).
+    pub fn push<'a>(&mut self, records: impl IntoIterator<Item = (i64, &'a str, u128)>) {
+        for (seq, owner, work) in records {
+            if seq <= self.upto || work == 0 {
+                continue;
+            }
+            self.upto = seq;
+            self.append(owner.to_string(), work);
+        }
+        self.trim();
+    }
+
+    /// A narrower window (a difficulty rise) from the same shares; a wider one needs older shares
+    /// and returns `false` (load it again).
+    pub fn narrow_to(&mut self, window: u128) -> bool {
+        if window > self.window {
+            return false;
+        }
+        self.window = window;
+        self.trim();
+        true
+    }
+
+    /// The plan of this window.
+    pub fn plan(&self, rule: &PayeeRule) -> PayeePlan {
+        let shares = self
+            .owners
+            .iter()
+            .zip(&self.sums)
+            .filter(|(_, w)| **w > 0)
+            .map(|(o, w)| (o.clone(), *w))
+            .collect();
+        PayeePlan::new(shares, self.upto, self.window, rule)
     }
 }
 
@@ -348,6 +478,77 @@ mod tests {
         // Below the minimum: no output, everyone accrues.
         let small = PayeePlan::new(vec![(a, 1), (b, 1)], 7, 2, &r);
         assert!(small.outputs(1_500, 0, &r).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_rolling_window_holds_what_a_read_of_the_log_would() {
+        use proptest::prelude::*;
+        // Reference: the work log read newest first until the window is full (work_window_upto).
+        fn read(log: &[(i64, String, u128)], upto: i64, window: u128) -> BTreeMap<String, u128> {
+            let mut left = window;
+            let mut out = BTreeMap::new();
+            for (seq, o, w) in log.iter().rev() {
+                if *seq > upto || left == 0 {
+                    continue;
+                }
+                let take = (*w).min(left);
+                left -= take;
+                *out.entry(o.clone()).or_insert(0) += take;
+            }
+            out.retain(|_, w| *w > 0);
+            out
+        }
+        fn sums(w: &RollingWindow) -> BTreeMap<String, u128> {
+            w.owners
+                .iter()
+                .zip(&w.sums)
+                .filter(|(_, s)| **s > 0)
+                .map(|(o, s)| (o.clone(), *s))
+                .collect()
+        }
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(200));
+        let strat = (
+            proptest::collection::vec((0u8..5, 1u128..1_000), 1..200),
+            1u128..5_000,
+            1u128..5_000,
+            1usize..150,
+        );
+        runner
+            .run(&strat, |(shares, window, window2, split)| {
+                let log: Vec<(i64, String, u128)> = shares
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (o, w))| (i as i64 + 1, format!("o{o}"), *w))
+                    .collect();
+                let split = split.min(log.len());
+                let first: Vec<(String, u128)> = {
+                    // what work_window_upto returns for the first `split` shares, newest first
+                    let mut left = window;
+                    let mut v = Vec::new();
+                    for (_, o, w) in log[..split].iter().rev() {
+                        if left == 0 {
+                            break;
+                        }
+                        let t = (*w).min(left);
+                        left -= t;
+                        v.push((o.clone(), t));
+                    }
+                    v
+                };
+                let mut w = RollingWindow::load(first, split as i64, window);
+                prop_assert_eq!(sums(&w), read(&log, split as i64, window));
+                w.push(log[split..].iter().map(|(s, o, x)| (*s, o.as_str(), *x)));
+                w.push(log.iter().map(|(s, o, x)| (*s, o.as_str(), *x))); // a re-copy adds nothing
+                let last = log.len() as i64;
+                prop_assert_eq!(sums(&w), read(&log, last, window));
+                if w.narrow_to(window2) {
+                    prop_assert_eq!(sums(&w), read(&log, last, window2));
+                } else {
+                    prop_assert!(window2 > window);
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
