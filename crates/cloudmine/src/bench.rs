@@ -9,7 +9,7 @@ use units::Difficulty;
 /// Which benchmark.
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Share validation (200-byte coinbase, 12-level branch, header, compare) and bare header sha256d, one core.
+    /// Share validation (coinbase of --coinbase-bytes, 12-level branch, header, compare) and bare header sha256d, one core.
     Validate {
         /// Timed runs (the median is reported).
         #[arg(long, default_value_t = 7)]
@@ -20,6 +20,10 @@ pub enum BenchCmd {
         /// Shares hashed per batch (pairs are interleaved).
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// Coinbase size in bytes (200: one payout output; coinbase payees add 31–43 bytes each,
+        /// so 200 P2WPKH payees make about 6,400).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(120..=100_000))]
+        coinbase_bytes: u64,
     },
     /// Loopback load on a real `cloudmine serve`: connections held, server RSS, shares/s, latency.
     Pool(crate::loadgen::PoolBench),
@@ -89,7 +93,12 @@ pub enum BenchCmd {
 /// Runs a benchmark.
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Validate { runs, seconds, batch } => validate(runs.max(1), seconds, batch.max(1)),
+        BenchCmd::Validate {
+            runs,
+            seconds,
+            batch,
+            coinbase_bytes,
+        } => validate(runs.max(1), seconds, batch.max(1), coinbase_bytes),
         BenchCmd::Pool(b) => crate::loadgen::orchestrate(b),
         BenchCmd::Ledger {
             database_url,
@@ -165,11 +174,15 @@ fn timed(runs: usize, seconds: f64, mut step: impl FnMut() -> u64) -> Vec<f64> {
         .collect()
 }
 
-fn validate(runs: usize, seconds: f64, batch: usize) -> anyhow::Result<()> {
+fn validate(runs: usize, seconds: f64, batch: usize, coinbase_bytes: u64) -> anyhow::Result<()> {
     println!("sha-ni: {}", sha256d::has_sha_ni());
-    // 200-byte coinbase: coinb1 (100) + EN1 (4) + EN2 (4) + coinb2 (92); 12-level merkle branch.
+    // Coinbase (200 bytes by default): coinb1 (100) + EN1 (4) + EN2 (4) + coinb2 (the rest, 92);
+    // 12-level merkle branch.
     let coinb1: Vec<u8> = (0..100u8).collect();
-    let coinb2: Vec<u8> = (0..92u8).map(|b| b.wrapping_mul(7)).collect();
+    let coinb2: Vec<u8> = (0..coinbase_bytes.saturating_sub(108))
+        .map(|b| (b as u8).wrapping_mul(7))
+        .collect();
+    println!("coinbase: {coinbase_bytes} bytes");
     let branch: Vec<[u8; 32]> = (0..12u8).map(|i| [i; 32]).collect();
     let job = PreparedJob::new(
         coinb1,
@@ -468,7 +481,7 @@ async fn ingest_bench(url: Option<String>, n: usize, batch: usize) -> anyhow::Re
     let start = Instant::now();
     let plan = rolling.plan(&rule);
     let outs = plan
-        .outputs(312_500_000, 20_000, &rule)
+        .outputs(312_500_000, 20_000, &rule, u64::MAX)
         .map_err(anyhow::Error::msg)?;
     let build = start.elapsed().as_secs_f64();
     println!(

@@ -24,14 +24,25 @@
 //! in the window.
 //!
 //! Costs, said plainly: every payee output adds 31–43 bytes to the coinbase, which every share's
-//! validation hashes and every `mining.notify` carries; and the block template must leave room for
-//! it (Bitcoin Core reserves 8,000 weight units for the coinbase by default, `-blockreservedweight`:
-//! about 45 P2WPKH outputs; raise it for more payees).
+//! validation hashes and every `mining.notify` carries. The block must have room for it: a job's
+//! payees weigh at most what the template leaves of the 4,000,000 weight units after its
+//! transactions and [`COINBASE_BASE_WEIGHT`] (smallest payees left out first). Bitcoin Core fills a
+//! template up to `-blockreservedweight` (8,000 by default) short of the limit, room for about 45
+//! P2WPKH payees when the mempool is full; raise it for more. Legacy sigops of P2PKH payee outputs
+//! are not counted against the block's sigop limit (Core reserves 400 sigop cost for the coinbase:
+//! 100 P2PKH outputs).
 
 use bitcoin::{Address, Network, ScriptBuf, Transaction, TxOut};
 use ledger::schemes::{coinbase_payees, fee_split, split_by_weight, Amounts};
 use std::collections::{BTreeMap, HashMap};
 use units::MilliSats;
+
+/// Weight kept free for the rest of the block outside payee outputs: header, transaction count,
+/// and the coinbase without payees (its input, the pool's output, the witness commitment and the
+/// reserved witness), with room to spare.
+pub const COINBASE_BASE_WEIGHT: u64 = 4_000;
+/// The consensus block weight limit.
+pub const MAX_BLOCK_WEIGHT: u64 = 4_000_000;
 
 /// Shortest interval between two plans (each reads the whole window from the work log).
 pub const PLAN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -288,8 +299,16 @@ impl PayeePlan {
     }
 
     /// The payee outputs of a coinbase worth `value_sat` (ordered by owner; empty if no one is
-    /// eligible). The pool's output, which the job adds, gets the rest.
-    pub fn outputs(&self, value_sat: u64, fee_ppm: u32, rule: &PayeeRule) -> Result<Vec<TxOut>, String> {
+    /// eligible), weighing at most `weight_budget` weight units together: the smallest payees are
+    /// left out (they accrue) when the block has no room for them. The pool's output, which the job
+    /// adds, gets the rest.
+    pub fn outputs(
+        &self,
+        value_sat: u64,
+        fee_ppm: u32,
+        rule: &PayeeRule,
+        weight_budget: u64,
+    ) -> Result<Vec<TxOut>, String> {
         let reward = value_sat
             .checked_mul(1000)
             .and_then(|m| MilliSats::new(m).ok())
@@ -299,7 +318,24 @@ impl PayeePlan {
             .into_iter()
             .filter(|(i, _)| self.scripts.get(*i as usize).is_some_and(Option::is_some))
             .collect();
-        let (outs, _) = coinbase_payees(&eligible, rule.max, rule.min_sat);
+        let (mut outs, _) = coinbase_payees(&eligible, rule.max, rule.min_sat);
+        // Largest first into the weight budget (an output weighs 4 × its serialized size).
+        outs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut used = 0u64;
+        outs.retain(|(i, _)| {
+            let w = self
+                .scripts
+                .get(*i as usize)
+                .and_then(Option::as_ref)
+                .map_or(u64::MAX, |s| 4 * (9 + s.len() as u64));
+            if used.saturating_add(w) <= weight_budget {
+                used += w;
+                true
+            } else {
+                false
+            }
+        });
+        outs.sort_unstable();
         outs.into_iter()
             .map(|(i, sat)| {
                 let script = self
@@ -437,7 +473,9 @@ mod tests {
         let r = rule(1);
         let plan = PayeePlan::new(shares, 7, 100, &r);
         let value = 5_000_000_001u64; // sat: the split has sub-sat remainders
-        let outs = plan.outputs(value, 10_000, &r).unwrap();
+        let outs = plan.outputs(value, 10_000, &r, u64::MAX).unwrap();
+        // No room in the block: no payee output (everyone accrues).
+        assert!(plan.outputs(value, 10_000, &r, 100).unwrap().is_empty());
         // One output (max 1): the largest eligible earner, a; c is not an address.
         assert_eq!(outs.len(), 1);
         assert_eq!(outs[0].script_pubkey, addr(1).script_pubkey());
@@ -477,7 +515,7 @@ mod tests {
             .contains("more than"));
         // Below the minimum: no output, everyone accrues.
         let small = PayeePlan::new(vec![(a, 1), (b, 1)], 7, 2, &r);
-        assert!(small.outputs(1_500, 0, &r).unwrap().is_empty());
+        assert!(small.outputs(1_500, 0, &r, u64::MAX).unwrap().is_empty());
     }
 
     #[test]

@@ -293,7 +293,7 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
             let cur = tx.borrow().clone();
             let clean = clean || cur.newest().is_none_or(|j| j.prev_hash() != t.prev_hash);
             let now = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
-            let (payees, plan) = coinbase_payees(shared, t.coinbase_value.to_sat());
+            let (payees, plan) = coinbase_payees(shared, &t);
             let job = Arc::new(Job::new(
                 crate::jobs::NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed),
                 Arc::new(t),
@@ -341,7 +341,20 @@ async fn refresh_once(shared: &Shared, tx: &watch::Sender<Arc<JobSet>>, clean: b
 /// The payee outputs of a new job's coinbase worth `value_sat`, from the newest plan if there is a
 /// fresh one, and the plan's reference for the job row; nothing if the pool pays no payees (or the
 /// plan pays no one: every earner accrues then, and the job row says so by carrying no plan).
-fn coinbase_payees(shared: &Shared, value_sat: u64) -> (Vec<bitcoin::TxOut>, Option<crate::payees::PlanRef>) {
+fn coinbase_payees(
+    shared: &Shared,
+    template: &mining_core::BlockTemplate,
+) -> (Vec<bitcoin::TxOut>, Option<crate::payees::PlanRef>) {
+    use crate::payees::{COINBASE_BASE_WEIGHT, MAX_BLOCK_WEIGHT};
+    let value_sat = template.coinbase_value.to_sat();
+    let txs: u64 = template
+        .transactions
+        .iter()
+        .map(|t| t.weight)
+        .fold(0, u64::saturating_add);
+    let budget = MAX_BLOCK_WEIGHT
+        .saturating_sub(txs)
+        .saturating_sub(COINBASE_BASE_WEIGHT);
     let Some((rule, slot)) = &shared.payees else {
         return (Vec::new(), None);
     };
@@ -350,7 +363,7 @@ fn coinbase_payees(shared: &Shared, value_sat: u64) -> (Vec<bitcoin::TxOut>, Opt
         tracing::debug!("no fresh coinbase payee plan: this job's coinbase pays the pool alone");
         return (Vec::new(), None);
     };
-    match plan.outputs(value_sat, shared.cfg.fee_ppm, rule) {
+    match plan.outputs(value_sat, shared.cfg.fee_ppm, rule, budget) {
         Ok(outs) if outs.is_empty() => (outs, None),
         Ok(outs) => (
             outs,
