@@ -346,6 +346,9 @@ macro_rules! on_pool {
     };
 }
 
+/// Sequence numbers per page of a work-window read.
+pub const WINDOW_PAGE: i64 = 10_000;
+
 /// Versioned migrations, embedded in the binary: (version, description, SQL). Same versions and
 /// tables for both backends; only the dialect differs.
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -997,6 +1000,8 @@ impl Ledger {
     }
 
     /// The highest `seq` ingested from `source` (to resume ingestion after a restart).
+    ///
+    /// (Window reads go back in pages of [`WINDOW_PAGE`] sequence numbers.)
     pub async fn work_high_water(&self, source: &str) -> Result<Option<u64>, LedgerError> {
         let v: Option<i64> = on_pool!(&self.db, pool => sqlx::query_scalar("SELECT MAX(seq) FROM work_log WHERE source = $1")
             .bind(source)
@@ -1023,14 +1028,19 @@ impl Ledger {
         let mut out = Vec::new();
         let mut left = window;
         let mut before = i64::try_from(last_seq).map_or(i64::MAX, |s| s.saturating_add(1));
+        // Pages are seq ranges, not LIMITs: each reads at most WINDOW_PAGE rows whatever plan the
+        // database picks (PostgreSQL with stale statistics bitmap-scans everything below a bound and
+        // sorts it, which made a LIMIT page cost the whole remaining log). An empty range with older
+        // rows below it (a gap in the sequence) jumps to the next one.
         while left > 0 {
             let page: Vec<(i64, String, i64, i64)> = on_pool!(&self.db, pool => {
                 let rows = sqlx::query(
-                    "SELECT seq, owner, work_hi, work_lo FROM work_log WHERE source = $1 AND seq < $2 \
-                     ORDER BY seq DESC LIMIT 10000",
+                    "SELECT seq, owner, work_hi, work_lo FROM work_log WHERE source = $1 AND seq < $2 AND seq >= $3 \
+                     ORDER BY seq DESC",
                 )
                 .bind(source)
                 .bind(before)
+                .bind(before.saturating_sub(WINDOW_PAGE))
                 .fetch_all(pool)
                 .await
                 .map_err(classify)?;
@@ -1039,7 +1049,21 @@ impl Ledger {
                     .collect::<Result<Vec<_>, LedgerError>>()?
             });
             if page.is_empty() {
-                break;
+                let older: Option<i64> = on_pool!(&self.db, pool => sqlx::query_scalar(
+                    "SELECT MAX(seq) FROM work_log WHERE source = $1 AND seq < $2",
+                )
+                .bind(source)
+                .bind(before)
+                .fetch_one(pool)
+                .await
+                .map_err(classify)?);
+                match older {
+                    Some(s) => {
+                        before = s.saturating_add(1);
+                        continue;
+                    }
+                    None => break,
+                }
             }
             for (seq, owner, hi, lo) in page {
                 before = seq;

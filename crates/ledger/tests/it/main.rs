@@ -365,6 +365,36 @@ async fn work_is_ingested_once_and_read_back_as_a_window() {
         assert_eq!(all.iter().map(|x| x.1).sum::<u128>(), 10 + big + 30 + 5);
         assert!(l.ingest_work("pool", &[rec(9, "", 1)]).await.is_err());
         assert!(l.ingest_work("pool", &[rec(9, "a", 1u128 << 127)]).await.is_err());
+        // Reads go back in pages of sequence numbers: gaps longer than a page, and a window spanning
+        // several pages, read the same as one walk.
+        let page = ledger::store::WINDOW_PAGE as u64;
+        let far: Vec<WorkRecord> = (0..3 * page)
+            .map(|i| rec(5 + 3 * page + i, if i % 2 == 0 { "d" } else { "e" }, 2))
+            .collect();
+        l.ingest_work("pool", &far).await.unwrap();
+        let w = l.work_window("pool", u128::MAX).await.unwrap();
+        assert_eq!(w.len(), 4 + far.len(), "{backend}: every record across the gap");
+        assert_eq!(
+            w.iter().map(|x| x.1).sum::<u128>(),
+            10 + big + 30 + 5 + 2 * far.len() as u128
+        );
+        let upto = l.work_window_upto("pool", 5 + 3 * page + 10, 7).await.unwrap();
+        assert_eq!(upto.iter().map(|x| x.1).sum::<u128>(), 7, "{backend}");
+        assert_eq!(upto.len(), 4, "{backend}: 2 + 2 + 2 + the edge's 1");
+        let across = l
+            .work_window_upto("pool", 5 + 3 * page + 1, 2 * 2 + 5 + 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            across,
+            vec![
+                ("e".to_string(), 2),
+                ("d".to_string(), 2),
+                ("c".to_string(), 5),
+                ("a".to_string(), 1)
+            ],
+            "{backend}: newest first across the gap, the edge cut"
+        );
     }
 }
 
