@@ -6,6 +6,8 @@
 //!
 //! And PPLNS with coinbase payouts (`--coinbase-payees 1`): the pool's blocks pay a miner directly
 //! in their coinbase, the other accrues and is paid by a batched transaction; chain and books agree.
+//! A credited block orphaned through the dev chain's `invalidateblock` RPC has its credit reversed
+//! by the running pool; `cloudmine ledger import-psbt` records an externally signed payout once.
 
 use super::{spawn_env, Proc};
 use core_rpc::{Auth, RpcClient};
@@ -591,4 +593,69 @@ async fn ledger_import_psbt_records_an_externally_signed_payout_once() {
         tx.input.iter().all(|i| i.witness.len() == 2),
         "finalized P2WPKH witnesses"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_orphaned_by_invalidateblock_has_its_credit_reversed_in_the_running_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), None);
+    let m = miner(&s.stratum, &format!("{ALICE}.a"));
+    // Until the tip is one of the pool's credited blocks.
+    let (http, rpc) = (s.http.clone(), &s.rpc);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let tip = loop {
+        let b = http_get(&http, &format!("/api/v1/ledger/{ALICE}/blocks")).await;
+        if b["blocks"].as_array().is_some_and(|v| !v.is_empty()) {
+            drop(m);
+            break loop {
+                // The miner has stopped; the tip settles on a block the pool credited.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let tip = rpc.call("getbestblockhash", json!([])).await.unwrap();
+                let tip = tip.as_str().unwrap().to_string();
+                let b = http_get(&http, &format!("/api/v1/ledger/{ALICE}/blocks")).await;
+                if b["blocks"].as_array().unwrap().iter().any(|x| x["block"] == tip) {
+                    break tip;
+                }
+                assert!(Instant::now() < deadline, "the tip {tip} is never credited");
+            };
+        }
+        assert!(Instant::now() < deadline, "no block credited");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Core's invalidateblock on the dev chain's RPC, as an operator (or a reorg) would.
+    rpc.call("invalidateblock", json!([tip])).await.unwrap();
+    wait_for("the credit reversed", 60, || {
+        let http = http.clone();
+        let tip = tip.clone();
+        async move {
+            let b = http_get(&http, &format!("/api/v1/ledger/{ALICE}/blocks")).await;
+            b["blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["block"] == tip && x["state"] == "orphaned")
+        }
+    })
+    .await;
+    drop(s);
+    let l = ledger::Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
+        .await
+        .unwrap();
+    let credit = l.postings_of(&format!("block:{tip}")).await.unwrap();
+    let reversal = l.postings_of(&format!("orphan:{tip}")).await.unwrap();
+    assert!(!credit.is_empty());
+    assert_eq!(
+        reversal,
+        credit.iter().map(|(n, m)| (n.clone(), -m)).collect::<Vec<_>>(),
+        "posting by posting"
+    );
+    assert!(l.verify().await.unwrap().problems.is_empty());
+    l.close().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .args(["ledger", "--data-dir"])
+        .arg(dir.path())
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
