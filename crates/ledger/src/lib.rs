@@ -13,6 +13,6 @@ pub mod store;
 
 pub use model::{Account, PlatformAccount, Posting, Transaction, TxError, UserBucket};
 pub use store::{
-    Ledger, LedgerError, PayoutDraft, PayoutLine, PayoutMethod, PayoutRecord, PayoutSkip, PayoutState,
-    Posted, VerifyReport, WorkRecord,
+    Ledger, LedgerError, OwnerPayout, PayoutDraft, PayoutLine, PayoutMethod, PayoutRecord, PayoutSkip,
+    PayoutState, Posted, VerifyReport, WorkRecord,
 };

@@ -457,7 +457,8 @@ fn classify(e: sqlx::Error) -> LedgerError {
 #[macro_use]
 mod payouts;
 pub use payouts::{
-    PayoutDraft, PayoutLine, PayoutMethod, PayoutRecord, PayoutSkip, PayoutState, PAYOUTS_LIST_MAX,
+    OwnerPayout, PayoutDraft, PayoutLine, PayoutMethod, PayoutRecord, PayoutSkip, PayoutState,
+    PAYOUTS_LIST_MAX,
 };
 
 /// The ledger.

@@ -12,7 +12,9 @@
 //!   last 100 postings; `GET /api/v1/ledger/{owner}/blocks`: earnings per block (key `block:<hash>`,
 //!   matured or reversed; `balance_msat` credited, `coinbase_msat` paid by a coinbase output);
 //!   `GET /api/v1/ledger/{owner}/payouts`: on-chain payouts with txids, state (in_flight, confirmed,
-//!   abandoned), the amount debited and paid, the last skip reason if the owner could not be paid,
+//!   abandoned), `method` (pool-key, psbt, core-wallet), `awaiting` (signature, wallet send) while
+//!   its bytes are not final (a Core wallet payout has its `intent` id and no txid until sent), the
+//!   amount debited and paid, the last skip reason if the owner could not be paid,
 //!   and `coinbase`: the pool's coinbases that paid the owner directly (block, coinbase txid, sat,
 //!   immature/mature/orphaned). 503 while no ledger is connected.
 //!
@@ -240,14 +242,24 @@ async fn ledger_payouts(State(s): State<Arc<Shared>>, Path(owner): Path<String>)
     };
     let payouts: Vec<Value> = list
         .iter()
-        .map(|(txid, state, height, line)| {
+        .map(|p| {
+            // An unsigned PSBT waits for its signer; an unsent Core wallet payout waits for the
+            // wallet (its txid is the intent id until then).
+            let waiting = match (p.method, p.signed) {
+                (ledger::PayoutMethod::Psbt, false) => Some("signature"),
+                (ledger::PayoutMethod::CoreWallet, false) => Some("wallet send"),
+                _ => None,
+            };
             json!({
-                "txid": txid,
-                "state": state.as_str(),
-                "confirmed_height": height,
-                "address": line.address,
-                "debit_msat": line.debit_msat,
-                "paid_sat": line.paid_sat,
+                "txid": if p.method == ledger::PayoutMethod::CoreWallet && !p.signed { Value::Null } else { json!(p.txid) },
+                "intent": (p.method == ledger::PayoutMethod::CoreWallet).then_some(&p.txid),
+                "state": p.state.as_str(),
+                "method": p.method.as_str(),
+                "awaiting": waiting,
+                "confirmed_height": p.confirmed_height,
+                "address": p.line.address,
+                "debit_msat": p.line.debit_msat,
+                "paid_sat": p.line.paid_sat,
             })
         })
         .collect();

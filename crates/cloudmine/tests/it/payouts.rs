@@ -659,3 +659,95 @@ async fn a_block_orphaned_by_invalidateblock_has_its_credit_reversed_in_the_runn
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_an_external_signer_exports_a_psbt_and_broadcasts_it_once_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = [6u8; 32];
+    let pubkey = payouts::Wallet::from_secret(&secret)
+        .unwrap()
+        .public_key()
+        .to_string();
+    let s = serve_with(
+        dir.path(),
+        None,
+        &["--payout-signer", "psbt", "--payout-pubkey", &pubkey],
+    );
+    assert!(
+        !dir.path().join("wallet.key").exists(),
+        "no key is created when an external signer holds it"
+    );
+    let m = miner(&s.stratum, &format!("{ALICE}.a"));
+    let http = s.http.clone();
+    wait_for("a block credit", 120, || {
+        let http = http.clone();
+        async move {
+            let b = http_get(&http, &format!("/api/v1/ledger/{ALICE}/blocks")).await;
+            b["blocks"].as_array().is_some_and(|v| !v.is_empty())
+        }
+    })
+    .await;
+    drop(m);
+    bury(&s.rpc, 101).await;
+    // The round records the payout unsigned and writes its PSBT.
+    let psbt_dir = dir.path().join("payouts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        if let Some(f) = std::fs::read_dir(&psbt_dir).ok().and_then(|mut d| {
+            d.find_map(|e| {
+                e.ok()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "psbt"))
+            })
+        }) {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no PSBT exported");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let txid = file.file_stem().unwrap().to_string_lossy().to_string();
+    let a = http_get(&s.http, &format!("/api/v1/ledger/{ALICE}/payouts")).await;
+    assert_eq!(a["payouts"][0]["txid"], txid.as_str());
+    assert_eq!(a["payouts"][0]["state"], "in_flight");
+    assert_eq!(a["payouts"][0]["method"], "psbt");
+    assert_eq!(a["payouts"][0]["awaiting"], "signature");
+    // Signed outside, imported with the CLI while serve runs; serve broadcasts it; a block confirms it.
+    let mut psbt = payouts::psbt::parse(&std::fs::read(&file).unwrap()).unwrap();
+    test_support::sign_psbt_p2wpkh(&mut psbt, &secret);
+    let signed = dir.path().join("signed.psbt");
+    std::fs::write(&signed, payouts::psbt::to_base64(&psbt)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .args(["ledger", "--data-dir"])
+        .arg(dir.path())
+        .arg("import-psbt")
+        .arg(&signed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = http_get(&s.http, &format!("/api/v1/ledger/{ALICE}/payouts")).await;
+        if a["payouts"][0]["state"] == "confirmed" {
+            assert!(a["payouts"][0]["awaiting"].is_null(), "{a}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the imported payout never confirmed: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bury(&s.rpc, 1).await;
+    }
+    drop(s);
+    let chain = devchain::DevChain::open(dir.path(), 30).unwrap();
+    let found = (1..=chain.height()).any(|h| {
+        chain
+            .at_height(h)
+            .unwrap()
+            .block
+            .txdata
+            .iter()
+            .any(|t| t.compute_txid().to_string() == txid)
+    });
+    assert!(found, "the signed payout {txid} is in the chain");
+}

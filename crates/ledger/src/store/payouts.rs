@@ -140,6 +140,23 @@ pub struct PayoutRecord {
     pub psbt: Option<Vec<u8>>,
 }
 
+/// One owner's line of a payout, with the payout's standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerPayout {
+    /// Transaction id (a Core wallet payout's intent id until the wallet sent it).
+    pub txid: String,
+    /// State.
+    pub state: PayoutState,
+    /// Height of the confirming block.
+    pub confirmed_height: Option<i64>,
+    /// The owner's line.
+    pub line: PayoutLine,
+    /// How it is signed and sent.
+    pub method: PayoutMethod,
+    /// Whether its bytes are final (signed, or sent by the wallet).
+    pub signed: bool,
+}
+
 /// An owner above the threshold who could not be paid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PayoutSkip {
@@ -388,17 +405,12 @@ impl Ledger {
         Ok(n.is_some())
     }
 
-    /// One owner's payouts, newest first: (txid, state, line), at most `limit`
-    /// (≤ [`PAYOUTS_LIST_MAX`]).
-    pub async fn payouts_of(
-        &self,
-        owner: &str,
-        limit: u32,
-    ) -> Result<Vec<(String, PayoutState, Option<i64>, PayoutLine)>, LedgerError> {
+    /// One owner's payouts, newest first, at most `limit` (≤ [`PAYOUTS_LIST_MAX`]).
+    pub async fn payouts_of(&self, owner: &str, limit: u32) -> Result<Vec<OwnerPayout>, LedgerError> {
         let limit = i64::from(limit.min(PAYOUTS_LIST_MAX));
         Ok(on_pool!(&self.db, pool => {
             let rows = sqlx::query(
-                "SELECT p.txid, p.state, p.confirmed_height, l.owner, l.address, l.debit_msat, l.paid_sat \
+                "SELECT p.txid, p.state, p.confirmed_height, l.owner, l.address, l.debit_msat, l.paid_sat, p.method, p.signed \
                  FROM payout_lines l JOIN payouts p ON p.id = l.payout_id \
                  WHERE l.owner = $1 ORDER BY l.payout_id DESC LIMIT $2",
             )
@@ -410,17 +422,21 @@ impl Ledger {
             let mut v = Vec::with_capacity(rows.len());
             for r in &rows {
                 let state: String = r.try_get(1).map_err(classify)?;
-                v.push((
-                    r.try_get(0).map_err(classify)?,
-                    PayoutState::parse(&state)?,
-                    r.try_get(2).map_err(classify)?,
-                    PayoutLine {
+                let method: String = r.try_get(7).map_err(classify)?;
+                let signed: i64 = r.try_get(8).map_err(classify)?;
+                v.push(OwnerPayout {
+                    txid: r.try_get(0).map_err(classify)?,
+                    state: PayoutState::parse(&state)?,
+                    confirmed_height: r.try_get(2).map_err(classify)?,
+                    line: PayoutLine {
                         owner: r.try_get(3).map_err(classify)?,
                         address: r.try_get(4).map_err(classify)?,
                         debit_msat: r.try_get(5).map_err(classify)?,
                         paid_sat: r.try_get(6).map_err(classify)?,
                     },
-                ));
+                    method: PayoutMethod::parse(&method)?,
+                    signed: signed != 0,
+                });
             }
             v
         }))

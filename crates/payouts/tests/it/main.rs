@@ -202,8 +202,8 @@ async fn matured_balances_are_paid_in_one_signed_batch_and_settled_on_confirmati
         // The payees' API view.
         let mine_ = l.payouts_of(&alice, 10).await.unwrap();
         assert_eq!(mine_.len(), 1);
-        assert_eq!(mine_[0].0, txid);
-        assert_eq!(mine_[0].1, PayoutState::Confirmed);
+        assert_eq!(mine_[0].txid, txid);
+        assert_eq!(mine_[0].state, PayoutState::Confirmed);
         // Nothing more to pay: the rest is below the threshold or unpayable.
         assert_eq!(engine.pay().await.unwrap(), Round::Nothing);
         assert!(l.verify().await.unwrap().problems.is_empty());
