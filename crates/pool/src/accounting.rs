@@ -382,6 +382,21 @@ pub async fn credit_block(
         // The job's coinbase paid payees from a window fixed at issue: book what it paid.
         return credit_coinbase_payees(ledger, rule, (hash, height), coinbase, *job, plan).await;
     }
+    // Without a plan the whole reward is the pool's to share: a coinbase paying anyone else would
+    // be credited twice, so it is refused loudly instead.
+    if let Some((prule, _)) = &rule.payees {
+        if let Some(o) = coinbase
+            .output
+            .iter()
+            .find(|o| o.value.to_sat() > 0 && o.script_pubkey != prule.pool_script)
+        {
+            return Err(format!(
+                "block {hash}: its coinbase pays {} sat to {}, not the pool, and its job has no payee plan: not credited",
+                o.value.to_sat(),
+                o.script_pubkey
+            ));
+        }
+    }
     let window = w.low_u128() * sharing.window_factor();
     // PPLNS: the window ends at the block's own share. TIDES: it was fixed when the block's job was
     // issued, at the newest share durable then (its jobs row); a share from before job rows existed
