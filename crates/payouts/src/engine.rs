@@ -610,8 +610,8 @@ impl Engine {
             }
             Err(e) => return Err(e.to_string()),
         };
-        let (lines, tx) = self.lines_of(&built, &payees, &who).await?;
         let txid = built.tx.compute_txid().to_string();
+        let (lines, tx) = self.lines_keyed(&built, &payees, &who, &txid).await?;
         let (method, signed, psbt) = match &self.signer {
             Signer::Psbt { origin, .. } => (
                 PayoutMethod::Psbt,
@@ -668,16 +668,6 @@ impl Engine {
 
     /// The payout lines of a built batch and its ledger transaction (`payout:<id>`: each payee's
     /// debit into `platform/payouts-in-flight`); owners the batch dropped get their skip reason.
-    async fn lines_of(
-        &self,
-        built: &Built,
-        payees: &[PayTo],
-        who: &[(String, String)],
-    ) -> Result<(Vec<PayoutLine>, ledger::Transaction), String> {
-        self.lines_keyed(built, payees, who, &built.tx.compute_txid().to_string())
-            .await
-    }
-
     async fn lines_keyed(
         &self,
         built: &Built,
