@@ -124,20 +124,11 @@ impl DevNode {
         .map_err(|e| crate::BackendError::Internal(format!("confirmations task: {e}")))
     }
 
-    /// Fees of the block at `height` in the best chain: its coinbase's outputs less the subsidy
-    /// (the dev chain's coinbases claim every fee, as its templates build them).
+    /// Fees of the block at `height` in the best chain (its transactions' fees, as the dev chain
+    /// recorded them when it connected the block).
     pub async fn block_fees(&self, height: u32) -> Result<Option<u64>, crate::BackendError> {
-        self.with_chain("block fees", move |c| {
-            c.at_height(height).map(|b| {
-                let out: u64 = b
-                    .block
-                    .txdata
-                    .first()
-                    .map_or(0, |cb| cb.output.iter().map(|o| o.value.to_sat()).sum());
-                out.saturating_sub(devchain::params::subsidy(height).to_sat())
-            })
-        })
-        .await
+        self.with_chain("block fees", move |c| c.at_height(height).map(|b| b.fees.to_sat()))
+            .await
     }
 
     /// Runs `f` on the locked chain on a blocking thread.

@@ -46,6 +46,8 @@ pub struct BlockInfo {
     pub chainwork: bitcoin::pow::Work,
     /// Fees collected by its coinbase.
     pub fees: Sats,
+    /// Its transactions' ids, in block order (computed once, for [`DevChain::find_tx`]).
+    pub txids: Vec<Txid>,
 }
 
 /// Result of an accepted block.
@@ -147,6 +149,7 @@ impl DevChain {
         let (file, loaded) = BlockFile::open(dir)?;
         let genesis = params::genesis();
         let ghash = genesis.block_hash();
+        let genesis_txids = genesis.txdata.iter().map(Transaction::compute_txid).collect();
         let gwork = Target::REGTEST_POW_LIMIT.to_bitcoin().to_work();
         let mut chain = DevChain {
             dir: dir.to_path_buf(),
@@ -159,6 +162,7 @@ impl DevChain {
                 height: 0,
                 chainwork: gwork,
                 fees: Sats::ZERO,
+                txids: genesis_txids,
             }],
             undo: vec![Vec::new()],
             by_hash: HashMap::from([(ghash, 0)]),
@@ -502,7 +506,9 @@ impl DevChain {
         let work = block.header.target().to_work();
         let chainwork = self.tip().chainwork + work;
         self.by_hash.insert(hash, height);
+        let txids = block.txdata.iter().map(Transaction::compute_txid).collect();
         self.chain.push(BlockInfo {
+            txids,
             block: Arc::new(block),
             hash,
             height,
@@ -666,13 +672,14 @@ impl DevChain {
         self.at_height(height).map(|b| b.hash)
     }
 
-    /// The height at which `txid` is confirmed on the active chain (a linear scan from the tip: the
-    /// dev chain is small and wallets ask about recent transactions).
+    /// The height at which `txid` is confirmed on the active chain (a scan from the tip over the
+    /// txids computed when each block was connected: no hashing; the dev chain is small and wallets
+    /// ask about recent transactions).
     pub fn find_tx(&self, txid: &Txid) -> Option<u32> {
         self.chain
             .iter()
             .rev()
-            .find(|b| b.block.txdata.iter().any(|t| t.compute_txid() == *txid))
+            .find(|b| b.txids.contains(txid))
             .map(|b| b.height)
     }
 }
