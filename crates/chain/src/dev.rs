@@ -127,8 +127,10 @@ impl DevNode {
     /// Fees of the block at `height` in the best chain (its transactions' fees, as the dev chain
     /// recorded them when it connected the block).
     pub async fn block_fees(&self, height: u32) -> Result<Option<u64>, crate::BackendError> {
-        self.with_chain("block fees", move |c| c.at_height(height).map(|b| b.fees.to_sat()))
-            .await
+        self.with_chain("block fees", move |c| {
+            c.at_height(height).map(|b| b.fees.to_sat())
+        })
+        .await
     }
 
     /// Runs `f` on the locked chain on a blocking thread.

@@ -667,6 +667,19 @@ impl DevChain {
         crate::chain::mine_template(&t, script, max_tries)
     }
 
+    /// [`DevChain::generate_block`] whose coinbase pays `outputs(coinbase value)` (a pool paying
+    /// payees in its coinbase).
+    pub fn generate_block_paying(
+        &self,
+        outputs: impl FnOnce(u64) -> Vec<TxOut>,
+        now: u32,
+        max_tries: u32,
+    ) -> Option<Block> {
+        let t = self.template(now);
+        let outs = outputs(t.coinbase_value.to_sat());
+        crate::chain::mine_template_paying(&t, outs, max_tries)
+    }
+
     /// Block hash at height, as a hex-free convenience for tests.
     pub fn hash_at(&self, height: u32) -> Option<BlockHash> {
         self.at_height(height).map(|b| b.hash)
@@ -687,16 +700,22 @@ impl DevChain {
 /// Mines `t` by brute force with a coinbase paying `script` (all of `coinbase_value`), using the one
 /// header builder and share hasher of `mining-core`.
 pub fn mine_template(t: &BlockTemplate, script: &ScriptBuf, max_tries: u32) -> Option<Block> {
+    let all = vec![TxOut {
+        value: t.coinbase_value.to_amount(),
+        script_pubkey: script.clone(),
+    }];
+    mine_template_paying(t, all, max_tries)
+}
+
+/// [`mine_template`] with a coinbase paying `outputs` (at most `coinbase_value` together).
+pub fn mine_template_paying(t: &BlockTemplate, outputs: Vec<TxOut>, max_tries: u32) -> Option<Block> {
     use mining_core::coinbase::{split, CoinbaseSpec};
     let spec = CoinbaseSpec {
         height: t.height,
         aux: &t.coinbase_aux,
         tag: b"/cloudmine-dev/",
         extranonce_len: 8,
-        outputs: vec![TxOut {
-            value: t.coinbase_value.to_amount(),
-            script_pubkey: script.clone(),
-        }],
+        outputs,
         coinbase_value: t.coinbase_value,
         witness_commitment: t.default_witness_commitment.clone(),
     };

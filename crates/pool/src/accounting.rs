@@ -479,6 +479,22 @@ async fn credit_coinbase_payees(
     let d = plan
         .decompose(coinbase, r.fee_ppm, prule)
         .map_err(|e| format!("block {hash}: {e}"))?;
+    let postings = payee_postings(&d)?;
+    let memo = format!(
+        "block {height}: {} over {} hashes of work, fee {} ppm, {} paid in the coinbase, the window fixed when job {job} was issued (up to share {})",
+        rule.sharing.name(),
+        r.window,
+        r.fee_ppm,
+        d.paid.len(),
+        r.upto
+    );
+    post_block_credit(ledger, hash, &memo, postings).await
+}
+
+/// The postings of a block whose coinbase paid payees: the reward out of `platform/mined`, the fee
+/// into `platform/fees`, each payee's output into `user/<owner>/coinbase`, the rest of each amount
+/// into `user/<owner>/immature` (no one in the window: the miners' part to the pool reserve).
+pub fn payee_postings(d: &crate::payees::Decomposed) -> Result<Vec<Posting>, String> {
     let e = |x: ledger::TxError| x.to_string();
     let msat = |v: u64| units::MilliSats::new(v).map_err(|e| e.to_string());
     let reward = d.fee.checked_add(d.part).map_err(|e| e.to_string())?;
@@ -496,15 +512,7 @@ async fn credit_coinbase_payees(
     for (owner, m) in &d.credits {
         postings.push(Posting::credit(Account::immature(owner), msat(*m)?).map_err(e)?);
     }
-    let memo = format!(
-        "block {height}: {} over {} hashes of work, fee {} ppm, {} paid in the coinbase, the window fixed when job {job} was issued (up to share {})",
-        rule.sharing.name(),
-        r.window,
-        r.fee_ppm,
-        d.paid.len(),
-        r.upto
-    );
-    post_block_credit(ledger, hash, &memo, postings).await
+    Ok(postings)
 }
 
 /// Posts a block's credit under its key `block:<hash>` (a retry is a no-op).
