@@ -319,6 +319,9 @@ async fn a_payout_whose_inputs_were_spent_elsewhere_is_reversed_and_paid_again_l
 enum Op {
     /// The pool finds a block (coinbase to the wallet) and credits it 1 % fee, the rest by weight.
     Block(Vec<(u8, u32)>),
+    /// The same, but the coinbase pays the two largest eligible earners directly (coinbase payees,
+    /// `pool::payees`), booked as the pool books it.
+    PayeeBlock(Vec<(u8, u32)>),
     /// The tip is invalidated (if it is a credited block, its credit must be reversed).
     Orphan,
     /// `n` blocks by someone else; then every credited block is settled (matured or reversed).
@@ -335,6 +338,7 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
     use proptest::prelude::*;
     prop_oneof![
         3 => proptest::collection::vec((0u8..5, 1u32..100), 1..4).prop_map(Op::Block),
+        2 => proptest::collection::vec((0u8..5, 1u32..100), 1..4).prop_map(Op::PayeeBlock),
         1 => Just(Op::Orphan),
         2 => (1u32..70).prop_map(Op::Bury),
         2 => Just(Op::Pay),
@@ -421,6 +425,48 @@ impl World {
                 self.l.post(&tx).await.unwrap();
                 self.credited.push(hash);
             }
+            Op::PayeeBlock(parts) => {
+                let rule = pool::payees::PayeeRule {
+                    max: 2,
+                    min_sat: 1_000,
+                    network: Network::Regtest,
+                    pool_script: wallet().script().clone(),
+                };
+                let shares: Vec<(String, u128)> =
+                    parts.iter().map(|(i, w)| (owner(*i), u128::from(*w))).collect();
+                let window: u128 = shares.iter().map(|x| x.1).sum();
+                let plan = pool::payees::PayeePlan::new(shares, 0, window, &rule);
+                self.clock += 30;
+                let (node, now, p, r) = (self.node.clone(), self.clock, plan.clone(), rule.clone());
+                let b = tokio::task::spawn_blocking(move || {
+                    let mut c = node.lock();
+                    let b = c
+                        .generate_block_paying(
+                            |value| {
+                                let mut outs = p.outputs(value, 10_000, &r, u64::MAX).unwrap();
+                                let paid: u64 = outs.iter().map(|o| o.value.to_sat()).sum();
+                                outs.push(bitcoin::TxOut {
+                                    value: bitcoin::Amount::from_sat(value - paid),
+                                    script_pubkey: r.pool_script.clone(),
+                                });
+                                outs
+                            },
+                            now,
+                            10_000_000,
+                        )
+                        .unwrap();
+                    c.submit_block(b.clone(), now).unwrap();
+                    b
+                })
+                .await
+                .unwrap();
+                let d = plan.decompose(&b.txdata[0], 10_000, &rule).unwrap();
+                let postings = pool::accounting::payee_postings(&d).unwrap();
+                let hash = b.block_hash().to_string();
+                let tx = Transaction::new(&format!("block:{hash}"), "random payee block", postings).unwrap();
+                self.l.post(&tx).await.unwrap();
+                self.credited.push(hash);
+            }
             Op::Orphan => {
                 let node = self.node.clone();
                 let clock = self.clock;
@@ -464,7 +510,9 @@ impl World {
         let b = |a: Account| async move { l.balance(&a).await.unwrap() };
         let mut users = 0;
         for i in 0..5 {
-            users += b(Account::available(&owner(i))).await + b(Account::immature(&owner(i))).await;
+            users += b(Account::available(&owner(i))).await
+                + b(Account::immature(&owner(i))).await
+                + b(Account::coinbase(&owner(i))).await;
         }
         let p = |x| Account::Platform(x);
         let mined = -b(p(PlatformAccount::Mined)).await;
@@ -505,7 +553,7 @@ fn random_histories_of_blocks_orphans_payouts_and_crashes_keep_the_books_and_pay
             v.push(Op::Pay);
             v
         });
-        let stats = std::sync::Mutex::new((0usize, 0usize, 0usize, 0usize));
+        let stats = std::sync::Mutex::new((0usize, 0usize, 0usize, 0usize, 0usize));
         let result = runner.run(&strategy, |ops| {
             rt.block_on(async {
                 let Some((_, url, _keep)) = test_support::fresh_databases()
@@ -555,7 +603,46 @@ fn random_histories_of_blocks_orphans_payouts_and_crashes_keep_the_books_and_pay
                         );
                     }
                 }
-                assert_eq!(paid, paid_confirmed, "paid-out = confirmed payouts' debits");
+                // Coinbase payments count as paid out once their block matured, and the chain's
+                // coinbase outputs say the same.
+                let mut paid_in_coinbases = 0i64;
+                for h in &w.credited {
+                    if l.find_key(&format!("mature:{h}")).await.unwrap().is_none() {
+                        continue;
+                    }
+                    let booked: i64 = l
+                        .postings_of(&format!("mature:{h}"))
+                        .await
+                        .unwrap()
+                        .iter()
+                        .filter(|(n, _)| n.ends_with("/coinbase"))
+                        .map(|(_, m)| -m)
+                        .sum();
+                    let hash: bitcoin::BlockHash = h.parse().unwrap();
+                    let c = w.node.lock();
+                    let blk = &c.by_hash(&hash).unwrap().block;
+                    let wallet_script = wallet().script().clone();
+                    let on_chain: u64 = blk.txdata[0]
+                        .output
+                        .iter()
+                        .filter(|o| o.script_pubkey != wallet_script)
+                        .map(|o| o.value.to_sat())
+                        .sum();
+                    assert_eq!(
+                        booked,
+                        on_chain as i64 * 1000,
+                        "block {h}: coinbase payments as on chain"
+                    );
+                    paid_in_coinbases += booked;
+                    if booked > 0 {
+                        stats.lock().unwrap().4 += 1;
+                    }
+                }
+                assert_eq!(
+                    paid,
+                    paid_confirmed + paid_in_coinbases,
+                    "paid-out = confirmed payouts' debits + matured coinbase payments"
+                );
                 for i in 1..5 {
                     let a = addr(i);
                     let got: u64 = paid_on_chain(&w.node, &a).iter().sum();
@@ -586,8 +673,8 @@ fn random_histories_of_blocks_orphans_payouts_and_crashes_keep_the_books_and_pay
         result.unwrap();
         let s = stats.lock().unwrap();
         eprintln!(
-            "{backend}: {} random histories, {} payouts confirmed, {} credited blocks orphaned and reversed, {} crashes",
-            s.0, s.1, s.2, s.3
+            "{backend}: {} random histories, {} payouts confirmed, {} credited blocks orphaned and reversed, {} crashes, {} blocks' coinbase payments matured",
+            s.0, s.1, s.2, s.3, s.4
         );
     }
 }
