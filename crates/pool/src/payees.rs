@@ -28,9 +28,8 @@
 //! payees weigh at most what the template leaves of the 4,000,000 weight units after its
 //! transactions and [`COINBASE_BASE_WEIGHT`] (smallest payees left out first). Bitcoin Core fills a
 //! template up to `-blockreservedweight` (8,000 by default) short of the limit, room for about 45
-//! P2WPKH payees when the mempool is full; raise it for more. Legacy sigops of P2PKH payee outputs
-//! are not counted against the block's sigop limit (Core reserves 400 sigop cost for the coinbase:
-//! 100 P2PKH outputs).
+//! P2WPKH payees when the mempool is full; raise it for more. Legacy sigops of payee outputs
+//! (1 per P2PKH) are held to [`COINBASE_PAYEE_SIGOPS_MAX`]: Core leaves the coinbase 400 sigop cost.
 
 use bitcoin::{Address, Network, ScriptBuf, Transaction, TxOut};
 use ledger::schemes::{coinbase_payees, fee_split, split_by_weight, Amounts};
@@ -41,6 +40,9 @@ use units::MilliSats;
 /// and the coinbase without payees (its input, the pool's output, the witness commitment and the
 /// reserved witness), with room to spare.
 pub const COINBASE_BASE_WEIGHT: u64 = 4_000;
+/// Legacy sigops all payee outputs of one coinbase may carry: Bitcoin Core's templates leave the
+/// coinbase 400 sigop cost (4 per legacy sigop), less room for the pool's own output.
+pub const COINBASE_PAYEE_SIGOPS_MAX: usize = 96;
 /// The consensus block weight limit.
 pub const MAX_BLOCK_WEIGHT: u64 = 4_000_000;
 
@@ -319,17 +321,18 @@ impl PayeePlan {
             .filter(|(i, _)| self.scripts.get(*i as usize).is_some_and(Option::is_some))
             .collect();
         let (mut outs, _) = coinbase_payees(&eligible, rule.max, rule.min_sat);
-        // Largest first into the weight budget (an output weighs 4 × its serialized size).
+        // Largest first into the weight budget (an output weighs 4 × its serialized size) and the
+        // coinbase's sigop allowance (legacy sigops of output scripts count, e.g. 1 per P2PKH).
         outs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut used = 0u64;
+        let (mut used, mut sigops) = (0u64, 0usize);
         outs.retain(|(i, _)| {
-            let w = self
-                .scripts
-                .get(*i as usize)
-                .and_then(Option::as_ref)
-                .map_or(u64::MAX, |s| 4 * (9 + s.len() as u64));
-            if used.saturating_add(w) <= weight_budget {
+            let Some(s) = self.scripts.get(*i as usize).and_then(Option::as_ref) else {
+                return false;
+            };
+            let (w, n) = (4 * (9 + s.len() as u64), s.count_sigops_legacy());
+            if used.saturating_add(w) <= weight_budget && sigops + n <= COINBASE_PAYEE_SIGOPS_MAX {
                 used += w;
+                sigops += n;
                 true
             } else {
                 false
@@ -587,6 +590,35 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[test]
+    fn p2pkh_payees_are_held_to_the_coinbase_sigop_allowance() {
+        let r = rule(200);
+        let shares: Vec<(String, u128)> = (0..150u8)
+            .map(|i| {
+                let pk = bitcoin::PublicKey::new(
+                    bitcoin::secp256k1::SecretKey::from_slice(&[i.max(1).wrapping_add(1); 32])
+                        .unwrap()
+                        .public_key(&bitcoin::secp256k1::Secp256k1::new()),
+                );
+                let a = if i % 5 != 0 {
+                    Address::p2pkh(pk, Network::Regtest)
+                } else {
+                    Address::p2wpkh(&bitcoin::CompressedPublicKey(pk.inner), Network::Regtest)
+                };
+                (a.to_string(), 1_000 + u128::from(i))
+            })
+            .collect();
+        let plan = PayeePlan::new(shares, 1, u128::MAX, &r);
+        let outs = plan.outputs(5_000_000_000, 0, &r, u64::MAX).unwrap();
+        let p2pkh = outs.iter().filter(|o| o.script_pubkey.is_p2pkh()).count();
+        let sigops: usize = outs.iter().map(|o| o.script_pubkey.count_sigops_legacy()).sum();
+        assert!(sigops <= COINBASE_PAYEE_SIGOPS_MAX && p2pkh <= COINBASE_PAYEE_SIGOPS_MAX);
+        assert!(
+            outs.len() > p2pkh,
+            "P2WPKH payees carry no legacy sigops and still fit"
+        );
     }
 
     #[test]
