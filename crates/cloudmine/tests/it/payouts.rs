@@ -751,3 +751,68 @@ async fn serve_with_an_external_signer_exports_a_psbt_and_broadcasts_it_once_imp
     });
     assert!(found, "the signed payout {txid} is in the chain");
 }
+
+#[test]
+fn serve_refuses_payout_flags_that_do_not_fit_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+            .args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .args(["--stratum-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("CLOUDMINE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    for (extra, says) in [
+        (&["--coinbase-payees", "5"][..], "needs --payout-scheme pool"),
+        (
+            &[
+                "--payout-scheme",
+                "pool",
+                "--sharing",
+                "pps",
+                "--coinbase-payees",
+                "5",
+            ][..],
+            "needs --sharing pplns or tides",
+        ),
+        (
+            &["--payout-scheme", "pool", "--coinbase-payees", "201"][..],
+            "201",
+        ),
+        (
+            &["--payout-scheme", "pool", "--payout-signer", "psbt"][..],
+            "needs --payout-pubkey",
+        ),
+        (
+            &[
+                "--payout-scheme",
+                "pool",
+                "--payout-signer",
+                "psbt",
+                "--payout-pubkey",
+                "02abcd",
+            ][..],
+            "not a compressed public key",
+        ),
+        (
+            &[
+                "--payout-scheme",
+                "pool",
+                "--payout-signer",
+                "core",
+                "--payout-core-wallet",
+                "w",
+            ][..],
+            "needs --chain bitcoind",
+        ),
+    ] {
+        let err = run(extra);
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{extra:?}: {err}");
+    }
+}
