@@ -141,8 +141,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = SharingArg::Pplns)]
     pub sharing: SharingArg,
     /// PPLNS/TIDES: pay up to this many of the window's largest earners directly in the coinbase (no
-    /// custody; at most 200, and Core's -blockreservedweight must leave room: about 45 P2WPKH outputs
-    /// fit its default); smaller earners accrue a balance. 0: the coinbase pays the pool alone.
+    /// custody; at most 200); smaller earners accrue a balance, and so do payees the block has no
+    /// room for (weight, sigops: Core's default -blockreservedweight leaves about 45 P2WPKH payees in
+    /// a full block). 0: the coinbase pays the pool alone.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=pool::config::COINBASE_PAYEES_MAX as u64))]
     pub coinbase_payees: u64,
     /// Smallest coinbase payee output in satoshis; an earner below it accrues a balance instead.
