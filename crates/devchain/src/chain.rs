@@ -365,10 +365,13 @@ impl DevChain {
             ));
         }
         if let Some(now) = now {
-            if time > now {
+            if time > now.saturating_add(params::MAX_FUTURE_BLOCK_TIME_S) {
                 return Err(Reject::new(
                     "time-too-new",
-                    format!("block timestamp {time} is ahead of the wall clock {now} (the dev chain allows no future times)"),
+                    format!(
+                        "block timestamp {time} is more than {} s ahead of the wall clock {now}",
+                        params::MAX_FUTURE_BLOCK_TIME_S
+                    ),
                 ));
             }
         }

@@ -20,6 +20,10 @@ use units::{Sats, Target, U256};
 pub const HALVING_INTERVAL: u32 = 150;
 /// Confirmations before a coinbase output can be spent.
 pub const COINBASE_MATURITY: u32 = 100;
+/// How far a block's timestamp may run ahead of the wall clock (Core's `MAX_FUTURE_BLOCK_TIME`, two
+/// hours). Blocks found faster than one a second push the median time past ahead of the clock, and a
+/// block must be after it: without this allowance those blocks could only be refused.
+pub const MAX_FUTURE_BLOCK_TIME_S: u32 = 7_200;
 /// Blocks in the median-time-past window.
 pub const MTP_WINDOW: usize = 11;
 /// Maximum block weight.
