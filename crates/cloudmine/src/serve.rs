@@ -199,10 +199,7 @@ fn pool_payout(
                 .with_context(|| format!("--pool-address '{a}' is not an address for {network}"))
         })
         .transpose()?;
-    let (wallet, signer_of): (
-        payouts::Wallet,
-        Box<dyn FnOnce(payouts::Wallet) -> payouts::Signer>,
-    ) = match args.payout_signer {
+    let signer = match args.payout_signer {
         PayoutSignerArg::Core => {
             let name = args
                 .payout_core_wallet
@@ -240,11 +237,11 @@ fn pool_payout(
                 .as_deref()
                 .map(|o| o.parse::<payouts::psbt::KeyOrigin>().map_err(anyhow::Error::msg))
                 .transpose()?;
-            let dir = args.data_dir.join("payouts");
-            (
-                payouts::Wallet::watch_only(pk),
-                Box::new(move |wallet| payouts::Signer::Psbt { wallet, origin, dir }),
-            )
+            payouts::Signer::Psbt {
+                wallet: payouts::Wallet::watch_only(pk),
+                origin,
+                dir: args.data_dir.join("payouts"),
+            }
         }
         PayoutSignerArg::Key => {
             let key = args.data_dir.join(payouts::keyfile::KEY_FILE);
@@ -255,9 +252,10 @@ fn pool_payout(
                     key.display()
                 );
             }
-            (w, Box::new(payouts::Signer::Key))
+            payouts::Signer::Key(w)
         }
     };
+    let wallet = signer.wallet().context("a key or PSBT signer has a wallet")?;
     let own = wallet.address(network);
     match given {
         Some(addr) if addr != own => {
@@ -273,8 +271,7 @@ fn pool_payout(
                     " once an external signer signs each exported PSBT"
                 }
             );
-            let script = own.script_pubkey();
-            Ok((PayoutScheme::Pool(script), Some(signer_of(wallet))))
+            Ok((PayoutScheme::Pool(own.script_pubkey()), Some(signer)))
         }
     }
 }

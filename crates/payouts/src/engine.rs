@@ -105,9 +105,8 @@ fn write_psbt(dir: &std::path::Path, txid: &str, psbt: &[u8]) -> Result<PathBuf,
     std::fs::create_dir_all(dir).map_err(io)?;
     let file = psbt_file(dir, txid);
     let tmp = file.with_extension("psbt.tmp");
-    let parsed = bitcoin::psbt::Psbt::deserialize(psbt).map_err(e2s)?;
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(crate::psbt::to_base64(&parsed).as_bytes())
+    f.write_all(crate::psbt::bytes_to_base64(psbt).as_bytes())
         .map_err(io)?;
     f.write_all(b"\n").map_err(io)?;
     f.sync_all().map_err(io)?;
@@ -206,6 +205,16 @@ pub enum Signer {
     Core(CoreWallet),
 }
 
+impl Signer {
+    /// The pool wallet whose coins pay (its key, or only its public key); `None` for a Core wallet.
+    pub fn wallet(&self) -> Option<&Wallet> {
+        match self {
+            Signer::Key(w) | Signer::Psbt { wallet: w, .. } => Some(w),
+            Signer::Core(_) => None,
+        }
+    }
+}
+
 /// The engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -254,10 +263,7 @@ impl Engine {
     /// The pool wallet's address (what the pool's coinbase must pay for payouts to be funded); `None`
     /// for a Core wallet (the operator gives one of its addresses).
     pub fn address(&self) -> Option<Address> {
-        match &self.signer {
-            Signer::Key(w) | Signer::Psbt { wallet: w, .. } => Some(w.address(self.cfg.network)),
-            Signer::Core(_) => None,
-        }
+        self.signer.wallet().map(|w| w.address(self.cfg.network))
     }
 
     /// Settles, re-broadcasts or reverses every payout in flight.

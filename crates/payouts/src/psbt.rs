@@ -91,7 +91,12 @@ pub fn export(built: &Built, wallet: &Wallet, origin: Option<&KeyOrigin>) -> Res
 
 /// Base64 text of a PSBT (what `bitcoin-cli walletprocesspsbt` and HWI take).
 pub fn to_base64(psbt: &Psbt) -> String {
-    base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
+    bytes_to_base64(&psbt.serialize())
+}
+
+/// Base64 text of a serialized PSBT.
+pub fn bytes_to_base64(serialized: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(serialized)
 }
 
 /// Reads a PSBT from a file's bytes: binary (BIP174 file format) or base64 text.

@@ -214,6 +214,19 @@ async fn ledger_blocks(State(s): State<Arc<Shared>>, Path(owner): Path<String>) 
     Json(json!({"owner": owner, "blocks": blocks})).into_response()
 }
 
+/// Bytes of a logged block read to find its coinbase: the header, the transaction count and the
+/// coinbase, which this pool's coinbases (at most 200 payee outputs) fit many times over.
+const COINBASE_READ_BYTES: i64 = 65_536;
+
+/// The txid of the coinbase at the start of a serialized block (only the coinbase is decoded).
+fn coinbase_txid(raw: &[u8]) -> Option<String> {
+    use bitcoin::consensus::Decodable;
+    let mut r = raw.get(80..)?;
+    bitcoin::VarInt::consensus_decode(&mut r).ok()?;
+    let tx = bitcoin::Transaction::consensus_decode(&mut r).ok()?;
+    Some(tx.compute_txid().to_string())
+}
+
 /// `mature`, `orphaned` or `immature`: how a credited block stands.
 async fn block_state(l: &ledger::Ledger, hash: &str) -> Result<&'static str, ledger::LedgerError> {
     if l.find_key(&format!("mature:{hash}")).await?.is_some() {
@@ -275,19 +288,19 @@ async fn ledger_payouts(State(s): State<Arc<Shared>>, Path(owner): Path<String>)
             Ok(s) => s,
             Err(e) => return ledger_error(&e),
         };
-        let raw: Option<Vec<u8>> = match sqlx::query_scalar("SELECT block FROM blocks WHERE hash = ? LIMIT 1")
-            .bind(hash)
-            .fetch_optional(s.log.db())
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return (StatusCode::SERVICE_UNAVAILABLE, format!("share log: {e}\n")).into_response();
-            }
-        };
-        let txid = raw
-            .and_then(|r| bitcoin::consensus::deserialize::<bitcoin::Block>(&r).ok())
-            .and_then(|b| b.txdata.first().map(|t| t.compute_txid().to_string()));
+        let raw: Option<Vec<u8>> =
+            match sqlx::query_scalar("SELECT substr(block, 1, ?) FROM blocks WHERE hash = ? LIMIT 1")
+                .bind(COINBASE_READ_BYTES)
+                .bind(hash)
+                .fetch_optional(s.log.db())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("share log: {e}\n")).into_response();
+                }
+            };
+        let txid = raw.as_deref().and_then(coinbase_txid);
         coinbase.push(json!({"block": hash, "txid": txid, "paid_sat": c.msat / 1000, "state": state}));
     }
     Json(json!({

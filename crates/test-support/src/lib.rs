@@ -306,3 +306,30 @@ pub fn sign_psbt_p2wpkh(psbt: &mut bitcoin::psbt::Psbt, secret: &[u8; 32]) {
         );
     }
 }
+
+/// Mines `n` blocks on the dev chain paying `script`, each 30 s after the one before by block time
+/// (never earlier than about two hours ago, so the dev chain's difficulty stays where the blocks
+/// before left it), with whatever its mempool holds. Straight on the locked chain, as a test's
+/// "someone else mines" step.
+pub async fn mine_dev_blocks(node: &chain::DevNode, script: &bitcoin::ScriptBuf, n: u32) {
+    let node = node.clone();
+    let script = script.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = node.lock();
+        for _ in 0..n {
+            let now = c
+                .tip()
+                .block
+                .header
+                .time
+                .max(chain::dev::now().saturating_sub(7_000))
+                + 30;
+            let b = c
+                .generate_block(&script, now, 10_000_000)
+                .expect("a dev-chain block");
+            c.submit_block(b, now).expect("the dev chain takes its own block");
+        }
+    })
+    .await
+    .expect("mining task");
+}

@@ -497,25 +497,7 @@ async fn ledger_import_psbt_records_an_externally_signed_payout_once() {
     let secret = [5u8; 32];
     let watch = payouts::Wallet::watch_only(payouts::Wallet::from_secret(&secret).unwrap().public_key());
     let node = chain::DevNode::new(devchain::DevChain::open(dir.path(), 30).unwrap());
-    {
-        let (node, script) = (node.clone(), watch.script().clone());
-        tokio::task::spawn_blocking(move || {
-            let mut c = node.lock();
-            for _ in 0..101 {
-                let now = c
-                    .tip()
-                    .block
-                    .header
-                    .time
-                    .max(chain::dev::now().saturating_sub(7_000))
-                    + 30;
-                let b = c.generate_block(&script, now, 10_000_000).unwrap();
-                c.submit_block(b, now).unwrap();
-            }
-        })
-        .await
-        .unwrap();
-    }
+    test_support::mine_dev_blocks(&node, watch.script(), 101).await;
     let l = std::sync::Arc::new(
         ledger::Ledger::open(&dir.path().join("ledger.sqlite").to_string_lossy())
             .await

@@ -27,27 +27,9 @@ fn open_node(dir: &Path) -> DevNode {
     DevNode::new(devchain::DevChain::open(dir, 30).unwrap())
 }
 
-/// Mines `n` blocks paying `script` (30 s apart, so the dev chain's difficulty stays at its floor),
-/// with whatever the mempool holds.
+/// Mines `n` blocks paying `script` (30 s apart), with whatever the mempool holds.
 async fn mine(node: &DevNode, script: &ScriptBuf, n: u32) {
-    let node = node.clone();
-    let script = script.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut c = node.lock();
-        for _ in 0..n {
-            let now = c
-                .tip()
-                .block
-                .header
-                .time
-                .max(chain::dev::now().saturating_sub(7_000))
-                + 30;
-            let b = c.generate_block(&script, now, 10_000_000).unwrap();
-            c.submit_block(b, now).unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    test_support::mine_dev_blocks(node, script, n).await;
 }
 
 fn cfg(threshold_sat: u64, feerate: u64) -> PayoutConfig {

@@ -756,20 +756,7 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     assert_eq!(a + b - (a2 + b2), orphaned_users);
     // Bury the rest 100 deep (blocks 30 s apart, so the dev chain's difficulty stays at its floor):
     // every remaining credit moves from immature to available.
-    let node = h.node.clone();
-    tokio::task::spawn_blocking(move || {
-        let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 7]);
-        let spk = bitcoin::Address::p2wsh(&script, Network::Regtest).script_pubkey();
-        let mut c = node.lock();
-        let base = c.tip().block.header.time.max(chain::dev::now());
-        for i in 1..=100u32 {
-            let now = base + 30 * i;
-            let blk = c.generate_block(&spk, now, 10_000_000).unwrap();
-            c.submit_block(blk, now).unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    bury_100(&h.node).await;
     for hsh in accepted.iter().filter(|x| ***x != last) {
         wait_key(format!("mature:{hsh}")).await;
     }
@@ -805,6 +792,13 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
         history.len()
     );
     h.pool.shutdown().await;
+}
+
+/// 100 blocks by someone else (a P2WSH script of no miner's), 30 s apart: every credit matures.
+async fn bury_100(node: &DevNode) {
+    let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 7]);
+    let spk = bitcoin::Address::p2wsh(&script, Network::Regtest).script_pubkey();
+    test_support::mine_dev_blocks(node, &spk, 100).await;
 }
 
 /// Waits until the ledger has a `block:` credit for every accepted block of the share log.
@@ -938,20 +932,7 @@ async fn coinbase_payees_are_paid_in_the_coinbase_and_booked_exactly() {
     }
     assert!(l.verify().await.unwrap().problems.is_empty());
     // Bury everything 100 deep: immature credits become available, coinbase payments paid out.
-    let node = h.node.clone();
-    tokio::task::spawn_blocking(move || {
-        let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 7]);
-        let spk = bitcoin::Address::p2wsh(&script, Network::Regtest).script_pubkey();
-        let mut c = node.lock();
-        let base = c.tip().block.header.time.max(chain::dev::now());
-        for i in 1..=100u32 {
-            let now = base + 30 * i;
-            let blk = c.generate_block(&spk, now, 10_000_000).unwrap();
-            c.submit_block(blk, now).unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    bury_100(&h.node).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for (hash, _, _) in &paid_blocks {
         while l.find_key(&format!("mature:{hash}")).await.unwrap().is_none() {
@@ -1441,24 +1422,11 @@ async fn fpps_expected_fees_are_the_mean_fees_of_recent_blocks() {
     let pk = bitcoin::CompressedPublicKey(sk.public_key(&secp));
     let spk = bitcoin::ScriptBuf::new_p2wpkh(&pk.wpubkey_hash());
     let fee = 12_345u64;
+    test_support::mine_dev_blocks(&node, &spk, 101).await;
     {
         let (node, spk) = (node.clone(), spk.clone());
         tokio::task::spawn_blocking(move || {
             let mut c = node.lock();
-            let mine = |c: &mut devchain::DevChain| {
-                let now = c
-                    .tip()
-                    .block
-                    .header
-                    .time
-                    .max(chain::dev::now().saturating_sub(7_000))
-                    + 30;
-                let b = c.generate_block(&spk, now, 10_000_000).unwrap();
-                c.submit_block(b, now).unwrap();
-            };
-            for _ in 0..101 {
-                mine(&mut c);
-            }
             let cb = c.at_height(1).unwrap().block.txdata[0].clone();
             let mut tx = bitcoin::Transaction {
                 version: bitcoin::transaction::Version::TWO,
@@ -1484,11 +1452,11 @@ async fn fpps_expected_fees_are_the_mean_fees_of_recent_blocks() {
             };
             tx.input[0].witness = bitcoin::Witness::p2wpkh(&sig, &pk.0);
             c.accept_transaction(tx, 0, None).unwrap();
-            mine(&mut c);
         })
         .await
         .unwrap();
     }
+    test_support::mine_dev_blocks(&node, &spk, 1).await;
     // Reopened, as `cloudmine serve` finds it (a node's tip watch starts at the stored tip; blocks
     // submitted straight to the locked chain above did not move it).
     drop(node);
