@@ -652,24 +652,9 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
             .fetch_one(&db)
             .await
             .unwrap();
-        let shares = sqlx::query_as::<_, (String, i64, i64)>(
-            "SELECT address, diff_int, diff_frac FROM shares WHERE id <= ? ORDER BY id DESC",
-        )
-        .bind(share_id)
-        .fetch_all(&db)
-        .await
-        .unwrap();
         let target = units::Target::from_compact(block.header.bits.to_consensus()).unwrap();
-        let mut left = ledger::schemes::block_work(target).unwrap().low_u128() * 2;
-        let mut by_owner = std::collections::BTreeMap::<String, u128>::new();
-        for (owner, int, frac) in shares {
-            let w = ((int as u128) << 32 | frac as u128).min(left);
-            left -= w;
-            *by_owner.entry(owner).or_default() += w;
-            if left == 0 {
-                break;
-            }
-        }
+        let window = ledger::schemes::block_work(target).unwrap().low_u128() * 2;
+        let by_owner = window_from_share_log(&db, share_id, window).await;
         let r = 5_000_000_000_000u64;
         let part = r - r / 100;
         let weights: Vec<u128> = by_owner.values().copied().collect();
@@ -794,6 +779,32 @@ async fn pool_mode_credits_every_block_pplns_exactly() {
     h.pool.shutdown().await;
 }
 
+/// A window recomputed from the share log alone: shares up to id `upto`, newest first, until
+/// `window` of work (the edge share cut), summed by owner.
+async fn window_from_share_log(
+    db: &sqlx::SqlitePool,
+    upto: i64,
+    window: u128,
+) -> std::collections::BTreeMap<String, u128> {
+    let shares: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT address, diff_int, diff_frac FROM shares WHERE id <= ? ORDER BY id DESC")
+            .bind(upto)
+            .fetch_all(db)
+            .await
+            .unwrap();
+    let mut left = window;
+    let mut by_owner = std::collections::BTreeMap::<String, u128>::new();
+    for (owner, int, frac) in shares {
+        let w = ((int as u128) << 32 | frac as u128).min(left);
+        left -= w;
+        *by_owner.entry(owner).or_default() += w;
+        if left == 0 {
+            break;
+        }
+    }
+    by_owner
+}
+
 /// 100 blocks by someone else (a P2WSH script of no miner's), 30 s apart: every credit matures.
 async fn bury_100(node: &DevNode) {
     let script = bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 7]);
@@ -869,22 +880,7 @@ async fn coinbase_payees_are_paid_in_the_coinbase_and_booked_exactly() {
         let upto = v["upto"].as_i64().unwrap();
         let window: u128 = v["window"].as_str().unwrap().parse().unwrap();
         assert_eq!(v["fee_ppm"], fee_ppm);
-        let shares: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT address, diff_int, diff_frac FROM shares WHERE id <= ? ORDER BY id DESC")
-                .bind(upto)
-                .fetch_all(&db)
-                .await
-                .unwrap();
-        let mut left = window;
-        let mut by_owner = std::collections::BTreeMap::<String, u128>::new();
-        for (owner, int, frac) in shares {
-            let w = ((int as u128) << 32 | frac as u128).min(left);
-            left -= w;
-            *by_owner.entry(owner).or_default() += w;
-            if left == 0 {
-                break;
-            }
-        }
+        let by_owner = window_from_share_log(&db, upto, window).await;
         let block: bitcoin::Block = bitcoin::consensus::deserialize(raw).unwrap();
         let cb = &block.txdata[0];
         let r_sat: u64 = cb.output.iter().map(|o| o.value.to_sat()).sum();
