@@ -13,6 +13,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Default start difficulty on the dev chain: a CPU thread (2.7–30 MH/s) finds a share every
+/// 0.15–1.6 s, and vardiff raises it from there.
+pub const START_DIFFICULTY_DEV: f64 = 0.001;
+/// Default start difficulty on Bitcoin Core (ckpool's `startdiff`): a 1 TH/s device sends about
+/// 20 shares/s until vardiff raises it; a slow one is lowered on time.
+pub const START_DIFFICULTY_BITCOIND: f64 = 42.0;
+
 /// Which chain backend.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChainKind {
@@ -153,9 +160,11 @@ pub struct ServeArgs {
     /// (pool mode; 10000 = 1 %).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub pool_fee_ppm: u32,
-    /// Starting share difficulty (vardiff moves it toward ~18 shares/min).
-    #[arg(long, default_value_t = 1.0)]
-    pub start_difficulty: f64,
+    /// Starting share difficulty (vardiff moves it toward ~18 shares/min; a quiet miner is lowered
+    /// within seconds). Default: 0.001 on the dev chain (a CPU thread's size), 42 on Bitcoin Core
+    /// (ckpool's). Never above the network difficulty.
+    #[arg(long)]
+    pub start_difficulty: Option<f64>,
     /// Lowest share difficulty vardiff may assign (fractions allowed, e.g. 0.001 for CPU miners).
     #[arg(long, default_value_t = 0.001)]
     pub min_difficulty: f64,
@@ -344,8 +353,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Scheme::Pool => pool_payout(&args, network)?,
     };
     let mut cfg = PoolConfig::new(network, payout);
-    cfg.initial_difficulty =
-        units::Difficulty::from_f64(args.start_difficulty).context("--start-difficulty")?;
+    let start = args.start_difficulty.unwrap_or(match args.chain {
+        ChainKind::Dev => START_DIFFICULTY_DEV,
+        ChainKind::Bitcoind => START_DIFFICULTY_BITCOIND,
+    });
+    cfg.initial_difficulty = units::Difficulty::from_f64(start).context("--start-difficulty")?;
     cfg.vardiff.min = units::Difficulty::from_f64(args.min_difficulty).context("--min-difficulty")?;
     cfg.connections_max = args.connections_max.max(1);
     cfg.fee_ppm = args.pool_fee_ppm;
@@ -438,28 +450,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let tip = backend.tip();
         let every = Duration::from_secs(args.status_interval);
         Some(tokio::spawn(async move {
-            let (mut last_acc, mut last_work, mut last_t) = (0u64, 0u64, Instant::now());
+            let (mut last_acc, mut last_t) = (0u64, Instant::now());
             loop {
                 tokio::time::sleep(every).await;
                 let acc = stats.accepted.load(Ordering::Relaxed);
-                let work = stats.accepted_work.load(Ordering::Relaxed);
                 let dt = last_t.elapsed().as_secs_f64().max(1e-3);
                 let n = acc.saturating_sub(last_acc);
-                let hashrate =
-                    units::Hashrate::from_hps(work.saturating_sub(last_work) as f64 * 65_536.0 / dt);
-                let pm = if n > 0 { 196.0 / (n as f64).sqrt() } else { 0.0 }; // 95 % ≈ ±1.96/√N
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let rate = stats.rate(now_ms);
                 let t = *tip.borrow();
                 println!(
-                    "miners {} | hashrate {} ±{:.0}% | shares {:.1}/s (rejected {}) | height {} | blocks found {}",
+                    "miners {} | hashrate {} (last {:.0} s) | shares {:.1}/s (rejected {}) | height {} | blocks found {}",
                     stats.connections.load(Ordering::Relaxed),
-                    hashrate,
-                    pm,
+                    units::Hashrate::from_hps(rate.hps),
+                    rate.window_s,
                     n as f64 / dt,
                     stats.rejected.load(Ordering::Relaxed),
                     t.height,
                     stats.blocks.load(Ordering::Relaxed)
                 );
-                (last_acc, last_work, last_t) = (acc, work, Instant::now());
+                (last_acc, last_t) = (acc, Instant::now());
             }
         }))
     } else {

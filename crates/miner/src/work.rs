@@ -168,7 +168,9 @@ impl Work {
             difficulty: a.difficulty,
             why: e.to_string(),
         })?;
-        let target = difficulty.to_target();
+        // The share target, or the network target if that is easier: a hash that is a block is
+        // always submitted, even to a pool that assigns a difficulty above the network's.
+        let target = difficulty.to_target().max(job.network_target);
         let mask = a.version_mask.unwrap_or(0);
         if n.version & mask != 0 {
             return Err(WorkError::VersionInMask {

@@ -9,6 +9,18 @@
 //! (keyed on the parsed EN2, ntime, nonce and rolled version, per [`IssuedJob::dedup_id`]), then
 //! hashes the header and compares it with the job's target. Subscription and authorization (step
 //! 1) and what to do with an accepted share (block submission, durability) stay with the caller.
+//!
+//! **One piece of work, one live id, one difficulty.** The same work may be sent again under a new
+//! id (a difficulty change mid-job); [`ShareValidator::issue`] then retires every older id of that
+//! work, so its shares are judged and credited at the newest difficulty only. Were two ids live at
+//! two difficulties, a miner could send each hash under whichever id pays more (the "difficulty
+//! ladder": 1.7× the honest credit with two ids). A late share on a retired id is stale
+//! ([`Reject::JobNotFound`]).
+//!
+//! **Seen once durable.** [`ShareValidator::check`] reserves an accepted submission so a second copy
+//! is a duplicate at once (pipelined copies cannot both pass); a caller that could not make the share
+//! durable calls [`ShareValidator::release`], so the miner's retry is judged afresh, not refused as a
+//! duplicate.
 
 use crate::share::{BatchHasher, CoinbasePrefix, PreparedJob, ShareCheck, ShareInput};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -25,8 +37,8 @@ pub trait IssuedWork {
 pub struct IssuedJob<T> {
     /// The id the miner was given.
     pub id: u64,
-    /// Duplicates are tracked per this id: the same work re-sent under another id (at a new
-    /// difficulty) shares it, so a share cannot be credited twice under two ids.
+    /// The work's id: the same work re-sent under another id (at a new difficulty) carries the same
+    /// `dedup_id`, shares its duplicates, and retires the older id ([`ShareValidator::issue`]).
     pub dedup_id: u64,
     /// The coinbase prefix (`coinb1 ‖ EN1`) precomputed for this connection's extranonce1.
     pub prefix: CoinbasePrefix,
@@ -78,10 +90,20 @@ pub enum Reject {
     LowDifficulty,
 }
 
+/// A reserved submission: what [`ShareValidator::release`] takes to forget it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    dedup_id: u64,
+    key: ShareKey,
+}
+
 /// An accepted share: the job it was for, the hashed header, the rolled version, and whether the
 /// hash also meets the network target.
 #[derive(Debug)]
 pub struct Accepted<'a, T> {
+    /// The submission as reserved against duplicates; give it back to
+    /// [`ShareValidator::release`] if the share could not be made durable.
+    pub reservation: Reservation,
     /// The job.
     pub job: &'a IssuedJob<T>,
     /// Header and hash.
@@ -93,7 +115,7 @@ pub struct Accepted<'a, T> {
 }
 
 /// The parsed submission, the duplicate key (stratum-v1.md §9 step 5).
-#[derive(Debug, Hash, PartialEq, Eq)]
+#[derive(Debug, Hash, PartialEq, Eq, Clone, Copy)]
 struct ShareKey {
     en2: u64,
     ntime: u32,
@@ -139,15 +161,17 @@ impl<T: IssuedWork> ShareValidator<T> {
         self.seen.clear();
     }
 
-    /// Records a job as sent. `clean` (a new prevhash) drops the older jobs first; past `keep` the
-    /// oldest is dropped; accepted submissions are forgotten with the last job that carries their
-    /// dedup id.
+    /// Records a job as sent. `clean` (a new prevhash) drops the older jobs first; the same work
+    /// sent before under other ids (same `dedup_id`) is retired, so one piece of work is live under
+    /// one id at one difficulty; past `keep` the oldest is dropped; accepted submissions are
+    /// forgotten with the last job that carries their dedup id.
     pub fn issue(&mut self, job: IssuedJob<T>, clean: bool) {
         if clean {
             self.jobs.clear();
             let keep = job.dedup_id;
             self.seen.retain(|id, _| *id == keep);
         }
+        self.jobs.retain(|j| j.dedup_id != job.dedup_id);
         self.jobs.push_back(job);
         while self.jobs.len() > self.keep {
             if let Some(old) = self.jobs.pop_front() {
@@ -209,11 +233,30 @@ impl<T: IssuedWork> ShareValidator<T> {
         let is_block = check.meets(prepared.network_target);
         self.seen.entry(job.dedup_id).or_default().insert(key);
         Ok(Accepted {
+            reservation: Reservation {
+                dedup_id: job.dedup_id,
+                key,
+            },
             job,
             check,
             version,
             is_block,
         })
+    }
+}
+
+impl<T> ShareValidator<T> {
+    /// Forgets an accepted submission that was not made durable (a failed commit, a refusal after
+    /// validation): the miner's retry is judged again instead of refused as a duplicate.
+    pub fn release(&mut self, r: Reservation) {
+        if let Some(set) = self.seen.get_mut(&r.dedup_id) {
+            set.remove(&r.key);
+        }
+    }
+
+    /// Submissions held against duplicates (for limits and tests).
+    pub fn seen_len(&self) -> usize {
+        self.seen.values().map(HashSet::len).sum()
     }
 }
 
@@ -333,15 +376,20 @@ mod tests {
     }
 
     #[test]
-    fn a_resend_shares_duplicates_and_clean_work_drops_the_old_jobs() {
+    fn a_resend_retires_the_older_id_and_clean_work_drops_the_old_jobs() {
         let mut v = ShareValidator::new(4, 4);
         v.issue(job(5, 5, 0), true);
-        // The same work re-sent under id 9 (a new difficulty): one share, one credit.
-        v.issue(job(9, 5, 0), false);
-        assert!(v.has_dedup_id(5));
         let en2 = [0u8, 0, 0, 2];
         let n = good_nonce(&mut v, 5, &en2, 0);
         v.check(&sub(Some(5), &en2, n, None), 0, NTIME, 7200).unwrap();
+        // The same work re-sent under id 9 (a new difficulty): id 5 is retired (stale), and what was
+        // accepted under it is still a duplicate under 9.
+        v.issue(job(9, 5, 0), false);
+        assert!(v.has_dedup_id(5));
+        assert_eq!(
+            v.check(&sub(Some(5), &en2, n, None), 0, NTIME, 7200).unwrap_err(),
+            Reject::JobNotFound
+        );
         assert_eq!(
             v.check(&sub(Some(9), &en2, n, None), 0, NTIME, 7200).unwrap_err(),
             Reject::Duplicate
@@ -357,13 +405,13 @@ mod tests {
             })
             .unwrap();
         assert!(v
-            .check(&sub(Some(5), &en2, rolled, Some(0x2000)), mask, NTIME, 7200)
+            .check(&sub(Some(9), &en2, rolled, Some(0x2000)), mask, NTIME, 7200)
             .is_ok());
         // A new prevhash: the old jobs are stale.
         v.issue(job(12, 12, 0), true);
         assert!(!v.has_dedup_id(5));
         assert_eq!(
-            v.check(&sub(Some(5), &en2, n, None), 0, NTIME, 7200).unwrap_err(),
+            v.check(&sub(Some(9), &en2, n, None), 0, NTIME, 7200).unwrap_err(),
             Reject::JobNotFound
         );
         // Past `keep` the oldest goes.
@@ -372,5 +420,43 @@ mod tests {
         }
         assert_eq!(v.newest().unwrap().id, 16);
         assert!(!v.has_dedup_id(12));
+    }
+
+    /// The difficulty ladder: the same work under ids at difficulties d and 4d. With only the newest
+    /// id live, no hash can be credited at a difficulty other than the one in force.
+    #[test]
+    fn no_two_ids_of_one_work_are_live_at_once() {
+        let mut v = ShareValidator::new(16, 4);
+        v.issue(job(1, 1, 0), true);
+        for id in 2..10 {
+            v.issue(job(id, 1, 0), false);
+            let live: Vec<u64> = v.jobs.iter().filter(|j| j.dedup_id == 1).map(|j| j.id).collect();
+            assert_eq!(live, vec![id]);
+        }
+        // Other work stays live beside it.
+        v.issue(job(20, 20, 0), false);
+        v.issue(job(21, 1, 0), false);
+        let ids: Vec<u64> = v.jobs.iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![20, 21]);
+    }
+
+    #[test]
+    fn a_released_share_is_judged_again() {
+        let mut v = ShareValidator::new(4, 4);
+        v.issue(job(5, 5, 0), true);
+        let en2 = [0u8, 0, 0, 3];
+        let n = good_nonce(&mut v, 5, &en2, 0);
+        let r = v
+            .check(&sub(Some(5), &en2, n, None), 0, NTIME, 7200)
+            .unwrap()
+            .reservation;
+        assert_eq!(
+            v.check(&sub(Some(5), &en2, n, None), 0, NTIME, 7200).unwrap_err(),
+            Reject::Duplicate
+        );
+        assert_eq!(v.seen_len(), 1);
+        v.release(r);
+        assert_eq!(v.seen_len(), 0);
+        assert!(v.check(&sub(Some(5), &en2, n, None), 0, NTIME, 7200).is_ok());
     }
 }

@@ -5,7 +5,17 @@
 //! long enough (or has plenty of shares) the ideal difficulty is
 //! `hashrate · 60 / (shares_per_min · 2^32)`; it is applied only when it differs from the current one
 //! by more than the hysteresis band, each step is bounded, and the result is clamped to `[min, max]`.
-//! A connection that goes quiet is lowered on [`Vardiff::on_tick`].
+//! A connection that goes quiet is lowered on [`Vardiff::on_tick`]: with no share for
+//! [`VardiffConfig::quiet_intervals`] expected share intervals (10 s at 18/min) the difficulty is cut
+//! as if half a share had come, so a device far slower than the start difficulty assumes gets its
+//! first share within seconds (a retarget on time, not only on shares).
+//!
+//! Suggestions (`mining.suggest_difficulty`, `d=`) are hints: [`Vardiff::set`] moves the difficulty
+//! but keeps the work-based estimate, and a connection whose share rate exceeds
+//! [`VardiffConfig::flood_factor`] × the target rate is raised at once to its estimated ideal (no
+//! minimum interval, no step bound), whatever it suggested. A suggestion therefore buys at most
+//! about [`VardiffConfig::eval_shares`] cheap shares before the difficulty is back where the
+//! hashrate puts it.
 
 use units::{Difficulty, Work};
 
@@ -26,8 +36,13 @@ pub struct VardiffConfig {
     pub min_interval_ms: u64,
     /// No change while ideal/current is inside `[1/band, band]`.
     pub hysteresis_band: f64,
-    /// Largest factor of one step, up or down.
+    /// Largest factor of one step, up or down (a flood is raised without this bound).
     pub step_max: f64,
+    /// Share rate, in multiples of `shares_per_min`, past which the connection floods: it is raised
+    /// to its ideal difficulty at once.
+    pub flood_factor: f64,
+    /// No share for this many expected share intervals (`60 / shares_per_min` s each): lower now.
+    pub quiet_intervals: f64,
 }
 
 impl Default for VardiffConfig {
@@ -41,6 +56,8 @@ impl Default for VardiffConfig {
             min_interval_ms: 5_000,
             hysteresis_band: 1.4,
             step_max: 64.0,
+            flood_factor: 8.0,
+            quiet_intervals: 3.0,
         }
     }
 }
@@ -75,10 +92,12 @@ impl Vardiff {
         self.current
     }
 
-    /// Sets the difficulty from outside (a suggestion), clamped, and restarts the window.
+    /// Sets the difficulty from outside (a suggestion), clamped. The work-based estimate is kept
+    /// (a difficulty change inside the window does not bias it), so a connection that floods after
+    /// a low suggestion is raised again on its next evaluation.
     pub fn set(&mut self, d: Difficulty, now_ms: u64) -> Difficulty {
         self.current = d.max(self.cfg.min).min(self.cfg.max);
-        self.restart(now_ms);
+        self.last_change_ms = now_ms;
         self.current
     }
 
@@ -101,24 +120,34 @@ impl Vardiff {
         self.window_shares = self.window_shares.saturating_add(1);
         let elapsed = now_ms.saturating_sub(self.window_start_ms);
         if self.window_shares >= self.cfg.eval_shares || elapsed >= self.cfg.eval_window_ms {
-            return self.evaluate(now_ms);
+            let per_min = f64::from(self.window_shares) * 60_000.0 / elapsed.max(1) as f64;
+            let flood = per_min > self.cfg.flood_factor * self.cfg.shares_per_min;
+            return self.evaluate(now_ms, flood);
         }
         None
     }
 
-    /// Periodic check for quiet connections; returns a lower difficulty if one is due.
+    /// Periodic check; returns a lower difficulty if one is due: at once for a connection with no
+    /// share for `quiet_intervals` expected intervals, otherwise after two windows of few shares.
     pub fn on_tick(&mut self, now_ms: u64) -> Option<Difficulty> {
         let elapsed = now_ms.saturating_sub(self.window_start_ms);
-        // Expect shares_per_min; after 2 windows with under 1/4 of them, re-evaluate on what came.
-        if elapsed >= 2 * self.cfg.eval_window_ms {
-            return self.evaluate(now_ms);
+        let quiet_ms = self.cfg.quiet_intervals * 60_000.0 / self.cfg.shares_per_min.max(1e-9);
+        if (self.window_shares == 0 && elapsed as f64 >= quiet_ms) || elapsed >= 2 * self.cfg.eval_window_ms {
+            return self.evaluate(now_ms, false);
         }
         None
     }
 
-    fn evaluate(&mut self, now_ms: u64) -> Option<Difficulty> {
+    /// Whether the connection sends shares faster than the flood bound allows (for tests and metrics).
+    pub fn flooding(&self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.window_start_ms).max(1);
+        f64::from(self.window_shares) * 60_000.0 / elapsed as f64
+            > self.cfg.flood_factor * self.cfg.shares_per_min
+    }
+
+    fn evaluate(&mut self, now_ms: u64, flood: bool) -> Option<Difficulty> {
         let elapsed_ms = now_ms.saturating_sub(self.window_start_ms).max(1);
-        if now_ms.saturating_sub(self.last_change_ms) < self.cfg.min_interval_ms {
+        if !flood && now_ms.saturating_sub(self.last_change_ms) < self.cfg.min_interval_ms {
             return None;
         }
         // With no share at all, assume half a share arrived (keeps the estimate finite and conservative).
@@ -142,7 +171,11 @@ impl Vardiff {
             }
             return None;
         }
-        let step = ratio.clamp(1.0 / self.cfg.step_max, self.cfg.step_max);
+        let step = if flood && ratio > 1.0 {
+            ratio
+        } else {
+            ratio.clamp(1.0 / self.cfg.step_max, self.cfg.step_max)
+        };
         let next = Difficulty::from_f64(cur * step)
             .unwrap_or(self.cfg.min)
             .max(self.cfg.min)
@@ -209,11 +242,12 @@ mod tests {
             ..VardiffConfig::default()
         };
         let mut v = Vardiff::new(cfg, Difficulty::from_int(1024), 0);
-        assert!(v.on_tick(60_000).is_none());
-        let lowered = v.on_tick(120_001).unwrap();
-        assert!(lowered < Difficulty::from_int(1024));
+        assert!(v.on_tick(5_000).is_none());
+        // no share for 3 expected intervals (10 s at 18/min): lowered as if half a share had come
+        let lowered = v.on_tick(10_000).unwrap();
+        assert!(lowered < Difficulty::from_int(200), "{lowered}");
         for t in 1..100u64 {
-            v.on_tick(t * 240_000);
+            v.on_tick(10_000 + t * 240_000);
         }
         assert_eq!(v.current(), Difficulty::from_int(1));
         // suggestions are clamped
@@ -221,5 +255,60 @@ mod tests {
             v.set(Difficulty::from_f64(0.01).unwrap(), 0),
             Difficulty::from_int(1)
         );
+    }
+
+    /// A CPU thread (22 MH/s) at a start difficulty of 1 (a share every ~195 s): lowered on time
+    /// alone, its first share comes within a minute, not after minutes.
+    #[test]
+    fn a_slow_device_is_lowered_on_time() {
+        let cfg = VardiffConfig::default();
+        let mut v = Vardiff::new(cfg, Difficulty::ONE, 0);
+        let mut m = Miner {
+            hashrate: 22.0e6,
+            state: 7,
+        };
+        let mut now = 0u64;
+        // ticks every 5 s until the first share
+        let mut next_share = m.next_gap_ms(v.current());
+        let mut d_at = v.current();
+        while now < next_share {
+            now += 5_000;
+            if v.on_tick(now).is_some() && v.current() != d_at {
+                // new difficulty: the search starts over (memoryless)
+                d_at = v.current();
+                next_share = now + m.next_gap_ms(d_at);
+            }
+        }
+        assert!(now <= 45_000, "first share at {now} ms");
+    }
+
+    /// Re-suggesting the floor every 5 s does not pin a 1 TH/s device there: the flood bound raises
+    /// it back within about `eval_shares` shares each time.
+    #[test]
+    fn suggestions_cannot_flood() {
+        let cfg = VardiffConfig::default();
+        let floor = Difficulty::from_f64(0.001).unwrap();
+        let mut v = Vardiff::new(cfg, floor, 0);
+        let mut m = Miner {
+            hashrate: 1.0e12,
+            state: 11,
+        };
+        let mut now = 0u64;
+        let mut shares = 0u64;
+        let mut next_suggest = 5_000u64;
+        while now < 600_000 {
+            if now >= next_suggest {
+                v.set(floor, now);
+                next_suggest += 5_000;
+            }
+            let d = v.current();
+            now += m.next_gap_ms(d);
+            shares += 1;
+            v.on_share(d, now);
+            v.on_tick(now);
+        }
+        // honest: 18/min = 180 in 10 minutes; each suggestion (120 of them) costs ~36·(a few) more.
+        let per_s = shares as f64 / 600.0;
+        assert!(per_s < 100.0, "{shares} shares in 600 s");
     }
 }

@@ -3,7 +3,7 @@
 //! * `GET /metrics`: Prometheus text (connections, shares by result, accepted work, hashrate, blocks by
 //!   fate, refused connections, chain height, submit latency histogram).
 //! * `GET /api/v1/pool`: pool summary.
-//! * `GET /api/v1/miners/{address}`: per-worker hashrate (10-minute window), last share, best
+//! * `GET /api/v1/miners/{address}`: per-worker hashrate (the current minute and the 10 before it, or since the worker connected; `hashrate_window_s` says which), last share, best
 //!   difficulty, accepted shares; 404 for an address with no shares since start.
 //! * `GET /api/client/{address}`: the same in public-pool's shape (`bestDifficulty`, `workersCount`,
 //!   `workers[]` with `sessionId`, `name`, `bestDifficulty`, `hashRate`, `startTime`, `lastSeen`).
@@ -69,11 +69,12 @@ async fn pool(State(s): State<Arc<Shared>>) -> Response {
     let now = now_ms();
     let tip = *s.backend.tip().borrow();
     let (clean_job, clean_n, clean_us) = s.stats.clean_fanout();
+    let rate = s.stats.rate(now);
     Json(json!({
         "clean_notify": {"job": clean_job, "connections_written": clean_n, "template_to_last_write_ms": clean_us as f64 / 1000.0},
         "connections": s.stats.connections.load(Ordering::Relaxed),
-        "hashrate_hps": s.stats.hashrate(now),
-        "hashrate_window_s": crate::stats::WINDOW_MINUTES * 60,
+        "hashrate_hps": rate.hps,
+        "hashrate_window_s": rate.window_s,
         "shares_accepted": s.stats.accepted.load(Ordering::Relaxed),
         "shares_rejected": s.stats.rejected.load(Ordering::Relaxed),
         "blocks_found": s.stats.blocks.load(Ordering::Relaxed),
@@ -104,12 +105,18 @@ async fn miner(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Res
             .into_response();
     }
     let total: f64 = workers.iter().map(|(_, w)| w.hashrate(now)).sum();
+    let window = workers
+        .iter()
+        .map(|(_, w)| w.rate(now).window_s)
+        .fold(0.0, f64::max);
     Json(json!({
         "address": address,
         "hashrate_hps": total,
+        "hashrate_window_s": window,
         "workers": workers.iter().map(|(name, w)| json!({
             "name": name,
             "hashrate_hps": w.hashrate(now),
+            "hashrate_window_s": w.rate(now).window_s,
             "last_share_ms": w.last_share_ms,
             "best_difficulty": w.best.to_f64(),
             "accepted": w.accepted,

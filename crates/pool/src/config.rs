@@ -82,6 +82,10 @@ pub const COINBASE_PAYEE_MIN_SAT_DEFAULT: u64 = 10_000;
 /// misbehaving host cannot take the whole server. Farms and proxies behind one address raise it.
 pub const CONNECTIONS_PER_IP_DEFAULT: usize = 1_024;
 
+/// Default cap on worker names one connection may authorize (a proxy multiplexing many workers
+/// over one connection stays well inside it; repeated `mining.authorize` cannot grow a set forever).
+pub const WORKERS_PER_CONNECTION_DEFAULT: usize = 256;
+
 /// Pool settings.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
@@ -112,6 +116,9 @@ pub struct PoolConfig {
     /// Open connections per IP address (default [`CONNECTIONS_PER_IP_DEFAULT`]; raise it for a farm
     /// or a proxy behind one address).
     pub connections_per_ip_max: usize,
+    /// Worker names one connection may authorize ([`WORKERS_PER_CONNECTION_DEFAULT`]); past it
+    /// `mining.authorize` is refused (error 24, with the limit in the message).
+    pub workers_per_connection_max: usize,
     /// Invalid shares (malformed, stale excluded) tolerated in a row before the IP is banned.
     pub invalid_shares_before_ban: u32,
     /// Accepted shares waiting in the share log for the ledger, at most ([`LEDGER_BACKLOG_DEFAULT`]).
@@ -167,6 +174,7 @@ impl PoolConfig {
             idle_timeout: Duration::from_secs(600),
             connections_max: 20_000,
             connections_per_ip_max: CONNECTIONS_PER_IP_DEFAULT,
+            workers_per_connection_max: WORKERS_PER_CONNECTION_DEFAULT,
             invalid_shares_before_ban: 100,
             ledger_backlog_max: LEDGER_BACKLOG_DEFAULT,
             ban_duration: Duration::from_secs(600),

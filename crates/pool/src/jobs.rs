@@ -23,6 +23,14 @@ pub static NEXT_JOB_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 /// Most distinct payout scripts one job builds coinbases for (SOLO: one per miner address).
 pub const COINBASES_PER_JOB_MAX: usize = 100_000;
 
+/// The bytes a job adds to its coinbase scriptSig: its id, little-endian, without trailing zero
+/// bytes (at least one byte).
+pub fn job_tag(id: u64) -> Vec<u8> {
+    let b = id.to_le_bytes();
+    let len = 8 - (id.leading_zeros() as usize / 8);
+    b.get(..len.max(1)).unwrap_or(&b).to_vec()
+}
+
 /// A coinbase variant of a job.
 #[derive(Debug)]
 pub struct JobCoinbase {
@@ -48,6 +56,9 @@ pub struct Job {
     pub version: u32,
     /// ntime sent to miners.
     pub ntime: u32,
+    /// The network difficulty of the job's nbits, floored: no share difficulty above it is ever
+    /// assigned (ckpool's cap), so every hash that is a block is also a share the miner sends.
+    pub network_difficulty: units::Difficulty,
     /// When the job was made (right after its template arrived).
     pub issued: std::time::Instant,
     /// Outputs paying window earners directly, ahead of the payout script's output (which gets the
@@ -71,8 +82,16 @@ impl Job {
         let version = template.version & !VERSION_MASK;
         // Never ahead of the wall clock, never before mintime (the chain decides which wins).
         let ntime = template.cur_time.min(now).max(template.min_time);
+        // The job id goes into the coinbase scriptSig after the tag: two jobs of one template (a
+        // refresh with an unchanged mempool) are different work, so a hash found for one can never be
+        // submitted under the other (the miner rolls ntime: ntime alone does not tell them apart).
+        let mut tag = tag;
+        tag.extend_from_slice(&job_tag(id));
+        let network_difficulty = units::Target::from_compact(template.bits)
+            .map_or(units::Difficulty::MIN, units::Difficulty::from_target);
         Job {
             id,
+            network_difficulty,
             branch: template.merkle_branch(),
             template,
             clean,

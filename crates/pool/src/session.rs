@@ -36,6 +36,7 @@ pub struct PendingShare {
     assigned: Difficulty,
     achieved: Difficulty,
     started: std::time::Instant,
+    reservation: mining_core::validate::Reservation,
 }
 
 /// What the connection should do after a request.
@@ -79,6 +80,8 @@ pub struct Session {
     /// The jobs sent and the shares accepted: the one share validator (`mining_core::validate`).
     validator: ShareValidator<ConnWork>,
     invalid_streak: u32,
+    /// When the connection first authorized (unix ms): its workers' hashrate window starts here.
+    authorized_ms: u64,
     /// Accepted shares on this connection.
     pub accepted: u64,
     /// Best achieved difficulty on this connection.
@@ -100,6 +103,7 @@ impl Session {
             target_cache: None,
             validator: ShareValidator::new(shared.cfg.jobs_kept, EXTRANONCE2_BYTES),
             invalid_streak: 0,
+            authorized_ms: now_ms,
             accepted: 0,
             best: Difficulty::MIN,
         }
@@ -201,10 +205,7 @@ impl Session {
         let jobs = shared.jobs.borrow().clone();
         if self.ready() && !was_ready {
             out.lines.extend(self.work_lines(shared, &jobs, true));
-        } else if self.ready()
-            && self.sent_difficulty.is_some()
-            && Some(wire_difficulty(self.vardiff.current())) != self.sent_difficulty
-        {
+        } else if self.difficulty_changed(&jobs) {
             out.lines.extend(self.work_lines(shared, &jobs, false));
         }
         out
@@ -267,6 +268,18 @@ impl Session {
                     self.vardiff.set(d, now_ms);
                 }
             }
+        }
+        if !self.workers.contains(worker) && self.workers.len() >= shared.cfg.workers_per_connection_max {
+            return Err((
+                code::UNAUTHORIZED,
+                format!(
+                    "Unauthorized worker: at most {} worker names per connection",
+                    shared.cfg.workers_per_connection_max
+                ),
+            ));
+        }
+        if self.address.is_none() {
+            self.authorized_ms = now_ms;
         }
         self.address = Some((addr.to_string(), parsed.script_pubkey()));
         self.workers.insert(worker.to_string());
@@ -352,7 +365,18 @@ impl Session {
                     .newest()
                     .is_none_or(|j| j.payload.job.prev_hash() != job.prev_hash());
         let mut lines = Vec::with_capacity(2);
-        let d = wire_difficulty(self.vardiff.current());
+        let d = assigned_difficulty(self.vardiff.current(), &job);
+        // Already live here at this difficulty (e.g. a difficulty check saw the job before the job
+        // watch did): sending it again would only retire the id the miner is working on.
+        if !force_clean
+            && !fresh_id
+            && self
+                .validator
+                .newest()
+                .is_some_and(|j| j.dedup_id == job.id && j.difficulty == d)
+        {
+            return Vec::new();
+        }
         if self.sent_difficulty != Some(d) {
             lines.push(ServerMessage::SetDifficulty(d.to_f64()).to_line());
             self.sent_difficulty = Some(d);
@@ -406,6 +430,8 @@ impl Session {
         match durable {
             Err(e) => {
                 tracing::error!(error = %e, "share not durable; answering with an error so the miner keeps it");
+                // Not durable, so not seen: the miner's retry is judged again, not refused as a duplicate.
+                self.validator.release(p.reservation);
                 if !notify_only {
                     lines.push(error_line(
                         &p.id,
@@ -423,20 +449,19 @@ impl Session {
         }
         self.accepted += 1;
         self.best = self.best.max(p.achieved);
-        shared
-            .stats
-            .worker_share(&p.address, &p.worker, &self.en1, p.assigned, p.achieved, now_ms);
-        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        shared.stats.accepted_work.fetch_add(
-            u64::try_from(p.assigned.to_fixed() >> 16).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
+        shared.stats.worker_share(
+            &p.address,
+            &p.worker,
+            &self.en1,
+            p.assigned,
+            p.achieved,
+            self.authorized_ms,
+            now_ms,
         );
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.vardiff.on_share(p.assigned, now_ms);
-        if self.ready()
-            && self.sent_difficulty.is_some()
-            && Some(wire_difficulty(self.vardiff.current())) != self.sent_difficulty
-        {
-            let jobs = shared.jobs.borrow().clone();
+        let jobs = shared.jobs.borrow().clone();
+        if self.difficulty_changed(&jobs) {
             lines.extend(self.work_lines(shared, &jobs, false));
         }
         lines
@@ -472,7 +497,7 @@ impl Session {
             version_bits: s.version_bits,
         };
         let mask = self.version_mask.unwrap_or(0);
-        let (job, coinbase, header, is_block, global, assigned, achieved) =
+        let (job, coinbase, header, is_block, global, assigned, achieved, reservation) =
             match self.validator.check(&sub, mask, now_s, NTIME_FUTURE_S) {
                 Ok(a) => (
                     a.job.payload.job.clone(),
@@ -486,6 +511,7 @@ impl Session {
                     a.job.dedup_id,
                     a.job.difficulty,
                     a.check.achieved_difficulty(),
+                    a.reservation,
                 ),
                 Err(r) => return Err((reject_code(&r), r.to_string())),
             };
@@ -497,6 +523,7 @@ impl Session {
         // 8. durable, then reply; but not past the accounting backlog bound (the ledger is down)
         // (a block share was already submitted and recorded: it is always acknowledged).
         if !is_block && shared.stats.ledger_backlog.load(Ordering::Relaxed) >= shared.cfg.ledger_backlog_max {
+            self.validator.release(reservation);
             return Err((code::OTHER, BACKLOG_FULL.into()));
         }
         let rec = ShareRecord {
@@ -510,10 +537,14 @@ impl Session {
             header,
             is_block,
         };
-        let committed = shared.log.enqueue_share(rec).await.map_err(|e| {
-            tracing::error!(error = %e, "share log unavailable; answering with an error so the miner keeps the share");
-            (code::OTHER, "Share could not be recorded; retry".to_string())
-        })?;
+        let committed = match shared.log.enqueue_share(rec).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "share log unavailable; answering with an error so the miner keeps the share");
+                self.validator.release(reservation);
+                return Err((code::OTHER, "Share could not be recorded; retry".to_string()));
+            }
+        };
         Ok(PendingShare {
             id: id.clone(),
             committed,
@@ -522,6 +553,7 @@ impl Session {
             assigned,
             achieved,
             started,
+            reservation,
         })
     }
 
@@ -567,13 +599,23 @@ impl Session {
         }
     }
 
+    /// Work was sent and the difficulty the newest job would carry now differs from the one sent.
+    fn difficulty_changed(&self, jobs: &JobSet) -> bool {
+        self.ready()
+            && self.sent_difficulty.is_some()
+            && jobs
+                .newest()
+                .is_some_and(|j| Some(assigned_difficulty(self.vardiff.current(), j)) != self.sent_difficulty)
+    }
+
     /// Periodic vardiff check; new work if the difficulty changed.
     pub fn tick(&mut self, shared: &Shared, now_ms: u64) -> Vec<String> {
         if !self.ready() {
             return Vec::new();
         }
-        if self.vardiff.on_tick(now_ms).is_some() {
-            let jobs = shared.jobs.borrow().clone();
+        self.vardiff.on_tick(now_ms);
+        let jobs = shared.jobs.borrow().clone();
+        if self.difficulty_changed(&jobs) {
             return self.work_lines(shared, &jobs, false);
         }
         Vec::new()
@@ -588,6 +630,13 @@ fn reject_code(r: &Reject) -> i32 {
         Reject::LowDifficulty => code::LOW_DIFFICULTY,
         Reject::Extranonce2Size(_) | Reject::VersionBits(_) | Reject::NtimeOutOfRange => code::OTHER,
     }
+}
+
+/// The difficulty a job goes out at: vardiff's, as sent on the wire, never above the job's network
+/// difficulty (so a hash that is a block always meets the share target: `Difficulty::from_target`
+/// floors, and the target of a floored difficulty is at least the network target).
+fn assigned_difficulty(vardiff: Difficulty, job: &Job) -> Difficulty {
+    wire_difficulty(vardiff.min(job.network_difficulty))
 }
 
 /// The difficulty actually assigned and sent: whole numbers from 1 up (ASIC firmware reads `valueint`),

@@ -1,30 +1,79 @@
-//! Pool statistics: counters, a submit-latency histogram, and per-worker figures for the API.
+//! Pool statistics: counters, a submit-latency histogram, and per-worker and pool-wide hashrate.
 //!
-//! Worker hashrate is the accepted work (assigned difficulty × 2^32) in the last ten whole minutes
-//! divided by 600 s, the window public-pool reports; minutes are buckets, so the window is exact to the
-//! minute and a share is counted in exactly one bucket. At most [`WORKERS_TRACKED_MAX`] workers are
-//! kept; past that the one seen longest ago is dropped.
+//! Hashrate is the accepted work (assigned difficulty × 2^32) in minute buckets: the current minute
+//! and the [`WINDOW_MINUTES`] whole minutes before it, divided by the time those buckets actually
+//! cover: from the bucket start, or from when the worker connected (the pool started) if that is
+//! later. A worker that connected 40 s ago is measured over 40 s, not over ten minutes; every
+//! figure says how long it covers ([`Rate::window_s`]).
+//!
+//! At most [`WORKERS_TRACKED_MAX`] workers are kept; past that one not seen since the last sweep is
+//! dropped (the CLOCK approximation of least-recently-used: amortised O(1) per share, never a scan
+//! of the table under the lock). The pool-wide figures are kept beside them, O(1) to read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use units::{Difficulty, Work};
 
 /// Workers kept in memory for the API.
 pub const WORKERS_TRACKED_MAX: usize = 100_000;
-/// Minutes in the hashrate window.
+/// Whole minutes in the hashrate window (plus the current one).
 pub const WINDOW_MINUTES: u64 = 10;
 /// Upper bounds (seconds) of the submit-latency histogram buckets.
 pub const LATENCY_BUCKETS_S: [f64; 11] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// A hashrate figure and the time it covers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Hashes per second.
+    pub hps: f64,
+    /// Seconds of the window that the figure is taken over.
+    pub window_s: f64,
+}
+
+/// Accepted work per minute: (minute number, hashes), newest last, at most WINDOW_MINUTES + 1.
+#[derive(Clone, Debug, Default)]
+struct Minutes(Vec<(u64, u128)>);
+
+impl Minutes {
+    fn add(&mut self, now_ms: u64, hashes: u128) {
+        let minute = now_ms / 60_000;
+        match self.0.last_mut() {
+            Some((m, work)) if *m == minute => *work = work.saturating_add(hashes),
+            _ => self.0.push((minute, hashes)),
+        }
+        let excess = self.0.len().saturating_sub(WINDOW_MINUTES as usize + 1);
+        self.0.drain(..excess);
+    }
+
+    /// Work in the current minute and the WINDOW_MINUTES before it, over the time they cover since
+    /// `since_ms` (at least one second, so a first share is not a division by nothing).
+    fn rate(&self, now_ms: u64, since_ms: u64) -> Rate {
+        let now_min = now_ms / 60_000;
+        let first = now_min.saturating_sub(WINDOW_MINUTES);
+        let work: u128 = self
+            .0
+            .iter()
+            .filter(|(m, _)| *m >= first && *m <= now_min)
+            .map(|(_, w)| *w)
+            .sum();
+        let from = (first * 60_000).max(since_ms);
+        let window_s = (now_ms.saturating_sub(from) as f64 / 1000.0).max(1.0);
+        Rate {
+            hps: work as f64 / window_s,
+            window_s,
+        }
+    }
+}
+
 /// One worker's figures.
 #[derive(Clone, Debug)]
 pub struct WorkerStats {
     /// Extranonce1 of its latest connection (public-pool's `sessionId`).
     pub session_id: String,
-    /// First seen (unix ms).
+    /// First seen (unix ms): when its connection authorized.
     pub start_ms: u64,
     /// Last accepted share (unix ms).
     pub last_share_ms: u64,
@@ -32,21 +81,20 @@ pub struct WorkerStats {
     pub best: Difficulty,
     /// Accepted shares.
     pub accepted: u64,
-    /// Work per minute: (minute number, hashes), newest last, at most WINDOW_MINUTES + 1.
-    minutes: Vec<(u64, u128)>,
+    minutes: Minutes,
+    /// Touched since the eviction sweep last passed it (CLOCK).
+    touched: bool,
 }
 
 impl WorkerStats {
-    /// Hashes per second over the last WINDOW_MINUTES whole minutes before `now_ms`.
+    /// Hashes per second over the window before `now_ms`, and how long it covers.
+    pub fn rate(&self, now_ms: u64) -> Rate {
+        self.minutes.rate(now_ms, self.start_ms)
+    }
+
+    /// Hashes per second over the window before `now_ms`.
     pub fn hashrate(&self, now_ms: u64) -> f64 {
-        let now_min = now_ms / 60_000;
-        let work: u128 = self
-            .minutes
-            .iter()
-            .filter(|(m, _)| *m < now_min && *m + WINDOW_MINUTES >= now_min)
-            .map(|(_, w)| *w)
-            .sum();
-        work as f64 / (WINDOW_MINUTES * 60) as f64
+        self.rate(now_ms).hps
     }
 }
 
@@ -56,24 +104,36 @@ impl WorkerStats {
 struct Workers {
     by_address: HashMap<String, HashMap<String, WorkerStats>>,
     count: usize,
+    /// Every tracked worker once, oldest insertion first: the CLOCK sweep's ring.
+    ring: VecDeque<(String, String)>,
+    /// Pool-wide work per minute, and since when (the first share the pool counted).
+    pool: Minutes,
+    pool_since_ms: Option<u64>,
+    total_work: u128,
 }
 
 impl Workers {
-    /// Drops the worker seen longest ago (a linear scan, only when the table is full).
-    fn evict_oldest(&mut self) {
-        let oldest = self
-            .by_address
-            .iter()
-            .flat_map(|(a, m)| m.iter().map(move |(n, w)| (w.last_share_ms, a, n)))
-            .min()
-            .map(|(_, a, n)| (a.clone(), n.clone()));
-        if let Some((a, n)) = oldest {
-            if let Some(m) = self.by_address.get_mut(&a) {
-                if m.remove(&n).is_some() {
-                    self.count -= 1;
+    /// Drops one worker not touched since the sweep last passed it; touched ones get a second
+    /// chance (their flag is cleared and they go to the back). Each share sets the flag once, so the
+    /// sweep costs amortised O(1) per share.
+    fn evict_one(&mut self) {
+        while let Some((a, n)) = self.ring.pop_front() {
+            let Some(m) = self.by_address.get_mut(&a) else {
+                continue;
+            };
+            match m.get_mut(&n) {
+                None => continue,
+                Some(w) if w.touched => {
+                    w.touched = false;
+                    self.ring.push_back((a, n));
                 }
-                if m.is_empty() {
-                    self.by_address.remove(&a);
+                Some(_) => {
+                    m.remove(&n);
+                    if m.is_empty() {
+                        self.by_address.remove(&a);
+                    }
+                    self.count = self.count.saturating_sub(1);
+                    return;
                 }
             }
         }
@@ -98,8 +158,6 @@ pub struct PoolStats {
     pub accepted: AtomicU64,
     /// Rejected shares and malformed requests.
     pub rejected: AtomicU64,
-    /// Accepted work in units of 2^16 hashes (difficulty fixed-point >> 16).
-    pub accepted_work: AtomicU64,
     /// Blocks accepted by the chain.
     pub blocks: AtomicU64,
     /// Blocks the chain rejected.
@@ -158,7 +216,9 @@ impl PoolStats {
             .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 
-    /// Records an accepted share for the API.
+    /// Records an accepted share for the API: `since_ms` is when the worker's connection authorized
+    /// (the start of its hashrate window).
+    #[allow(clippy::too_many_arguments)] // one share's facts, passed flat on the hot path
     pub fn worker_share(
         &self,
         address: &str,
@@ -166,46 +226,51 @@ impl PoolStats {
         session: &[u8],
         assigned: Difficulty,
         achieved: Difficulty,
+        since_ms: u64,
         now_ms: u64,
     ) {
+        let hashes = assigned.work().hashes();
         let mut guard = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        let known = guard
-            .by_address
-            .get(address)
-            .is_some_and(|m| m.contains_key(worker));
+        let g = &mut *guard;
+        g.total_work = g.total_work.saturating_add(hashes);
+        g.pool.add(now_ms, hashes);
+        let since = *g.pool_since_ms.get_or_insert(since_ms.min(now_ms));
+        g.pool_since_ms = Some(since.min(since_ms));
+        let known = g.by_address.get(address).is_some_and(|m| m.contains_key(worker));
         if !known {
-            if guard.count >= WORKERS_TRACKED_MAX {
-                guard.evict_oldest();
+            if g.count >= WORKERS_TRACKED_MAX {
+                g.evict_one();
             }
-            guard.count += 1;
-            guard.by_address.entry(address.to_string()).or_default().insert(
+            g.count += 1;
+            g.ring.push_back((address.to_string(), worker.to_string()));
+            g.by_address.entry(address.to_string()).or_default().insert(
                 worker.to_string(),
                 WorkerStats {
                     session_id: stratum::to_hex(session),
-                    start_ms: now_ms,
+                    start_ms: since_ms.min(now_ms),
                     last_share_ms: now_ms,
                     best: Difficulty::MIN,
                     accepted: 0,
-                    minutes: Vec::new(),
+                    minutes: Minutes::default(),
+                    touched: false,
                 },
             );
         }
-        let Some(w) = guard.by_address.get_mut(address).and_then(|m| m.get_mut(worker)) else {
+        let Some(w) = g.by_address.get_mut(address).and_then(|m| m.get_mut(worker)) else {
             return;
         };
         if !is_hex_of(&w.session_id, session) {
             w.session_id = stratum::to_hex(session);
+            // A new connection of a worker that was idle longer than the window starts a new window.
+            if now_ms.saturating_sub(w.last_share_ms) > (WINDOW_MINUTES + 1) * 60_000 {
+                w.start_ms = since_ms.min(now_ms);
+            }
         }
         w.last_share_ms = now_ms;
         w.best = w.best.max(achieved);
         w.accepted += 1;
-        let minute = now_ms / 60_000;
-        match w.minutes.last_mut() {
-            Some((m, work)) if *m == minute => *work = work.saturating_add(assigned.work().hashes()),
-            _ => w.minutes.push((minute, assigned.work().hashes())),
-        }
-        let excess = w.minutes.len().saturating_sub(WINDOW_MINUTES as usize + 1);
-        w.minutes.drain(..excess);
+        w.touched = true;
+        w.minutes.add(now_ms, hashes);
     }
 
     /// The workers of an address, by name.
@@ -220,14 +285,32 @@ impl PoolStats {
         v
     }
 
-    /// Pool hashrate over the window (sum of workers).
+    /// Pool hashrate over the window, and how long it covers (from the first counted share's
+    /// connection on, at most the window): O(1), never a walk over the workers.
+    pub fn rate(&self, now_ms: u64) -> Rate {
+        let g = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        match g.pool_since_ms {
+            Some(since) => g.pool.rate(now_ms, since),
+            None => Rate {
+                hps: 0.0,
+                window_s: 0.0,
+            },
+        }
+    }
+
+    /// Pool hashrate over the window (see [`PoolStats::rate`]).
     pub fn hashrate(&self, now_ms: u64) -> f64 {
-        let map = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        map.by_address
-            .values()
-            .flat_map(|m| m.values())
-            .map(|w| w.hashrate(now_ms))
-            .sum()
+        self.rate(now_ms).hps
+    }
+
+    /// Expected hashes of every accepted share so far (exact: assigned difficulty × 2^32, summed).
+    pub fn accepted_work(&self) -> Work {
+        Work::from_hashes(self.workers.lock().unwrap_or_else(|p| p.into_inner()).total_work)
+    }
+
+    /// Workers tracked (at most [`WORKERS_TRACKED_MAX`]).
+    pub fn workers_tracked(&self) -> usize {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).count
     }
 
     /// Prometheus text exposition.
@@ -268,7 +351,8 @@ impl PoolStats {
             "Newest clean_jobs notify: template arrival to the last connection's completed write.",
             &[(String::new(), format!("{:.6}", clean_us as f64 / 1e6))],
         );
-        let work = Work::from_hashes(u128::from(g(&self.accepted_work)) << 16);
+        let work = self.accepted_work();
+        let rate = self.rate(now_ms);
         metric(
             "cloudmine_pool_accepted_work_hashes_total",
             "counter",
@@ -278,8 +362,14 @@ impl PoolStats {
         metric(
             "cloudmine_pool_hashrate_hps",
             "gauge",
-            "Pool hashrate over the last 10 whole minutes.",
-            &[(String::new(), format!("{:.0}", self.hashrate(now_ms)))],
+            "Pool hashrate over the current minute and the 10 before it (or since the first miner connected).",
+            &[(String::new(), format!("{:.0}", rate.hps))],
+        );
+        metric(
+            "cloudmine_pool_hashrate_window_seconds",
+            "gauge",
+            "Seconds the pool hashrate figure covers.",
+            &[(String::new(), format!("{:.0}", rate.window_s))],
         );
         metric(
             "cloudmine_pool_blocks_total",
@@ -337,13 +427,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workers_are_kept_per_address_and_the_longest_unseen_goes_first() {
+    fn workers_are_kept_per_address_and_an_untouched_one_goes_first() {
         let s = PoolStats::default();
         let d = Difficulty::ONE;
-        s.worker_share("a", "w1", &[0, 0, 0, 1], d, d, 60_000);
-        s.worker_share("a", "w2", &[0, 0, 0, 2], d, d, 60_001);
-        s.worker_share("b", "w1", &[0, 0, 0, 3], d, d, 60_002);
-        s.worker_share("a", "w1", &[0xab, 0, 0, 4], d, d, 120_000);
+        s.worker_share("a", "w1", &[0, 0, 0, 1], d, d, 60_000, 60_000);
+        s.worker_share("a", "w2", &[0, 0, 0, 2], d, d, 60_001, 60_001);
+        s.worker_share("b", "w1", &[0, 0, 0, 3], d, d, 60_002, 60_002);
+        s.worker_share("a", "w1", &[0xab, 0, 0, 4], d, d, 119_000, 120_000);
         let a = s.workers_of("a");
         assert_eq!(
             a.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
@@ -356,24 +446,53 @@ mod tests {
         );
         assert_eq!(s.workers_of("b").len(), 1);
         assert!(s.workers_of("c").is_empty());
-        // a.w1's two difficulty-1 shares (minutes 1 and 2) are inside the window before minute 3.
-        assert!((a[0].1.hashrate(180_000) - 2.0 * 2f64.powi(32) / 600.0).abs() < 1.0);
-        // Full table: the worker seen longest ago (a.w2) is dropped for a new one.
+        // a.w1: two difficulty-1 shares over the 120 s since it connected at 60 s.
+        let r = a[0].1.rate(180_000);
+        assert_eq!(r.window_s, 120.0);
+        assert!((r.hps - 2.0 * 2f64.powi(32) / 120.0).abs() < 1.0);
+        // Later than the window: the window is the current minute and the 10 before it.
+        let r = a[0].1.rate(1_000_000);
+        assert_eq!(r.window_s, 1_000.0 - 360.0);
+        // Full table: a worker not touched since the sweep passed it is dropped for a new one.
         {
             let mut g = s.workers.lock().unwrap();
-            let filler = g.by_address["b"]["w1"].clone();
+            let mut filler = g.by_address["b"]["w1"].clone();
+            filler.touched = false;
             for i in 0..WORKERS_TRACKED_MAX - 3 {
                 g.by_address
                     .entry(format!("x{i}"))
                     .or_default()
                     .insert("w".into(), filler.clone());
+                g.ring.push_back((format!("x{i}"), "w".into()));
                 g.count += 1;
             }
         }
-        // (the filler's last share is b.w1's, 60_002: a.w2 at 60_001 is the oldest)
-        s.worker_share("c", "new", &[0, 0, 0, 5], d, d, 200_000);
-        assert_eq!(s.workers.lock().unwrap().count, WORKERS_TRACKED_MAX);
-        assert_eq!(s.workers_of("a").len(), 1, "a.w2 evicted");
+        // a.w1 was touched twice, a.w2 and b.w1 once: the sweep clears the first three flags and
+        // drops the first untouched worker after them (x0).
+        s.worker_share("c", "new", &[0, 0, 0, 5], d, d, 200_000, 200_000);
+        assert_eq!(s.workers_tracked(), WORKERS_TRACKED_MAX);
+        assert_eq!(s.workers_of("x0").len(), 0, "x0 evicted");
+        assert_eq!(s.workers_of("a").len(), 2);
         assert_eq!(s.workers_of("c").len(), 1);
+        // The sweep goes on where it stopped: x1 next (a.w1, a.w2, b.w1 went to the back).
+        s.worker_share("c", "new2", &[0, 0, 0, 6], d, d, 200_000, 200_001);
+        assert_eq!(s.workers_of("x1").len(), 0, "x1 evicted");
+        assert_eq!(s.workers_tracked(), WORKERS_TRACKED_MAX);
+    }
+
+    #[test]
+    fn pool_rate_covers_the_time_since_the_first_miner_connected() {
+        let s = PoolStats::default();
+        assert_eq!(s.rate(1_000).hps, 0.0);
+        let d = Difficulty::from_f64(0.001).unwrap();
+        // a miner connected at 100 s; 100 shares by 140 s
+        for i in 0..100u64 {
+            s.worker_share("a", "w", &[1, 2, 3, 4], d, d, 100_000, 100_000 + i * 400);
+        }
+        let r = s.rate(140_000);
+        assert_eq!(r.window_s, 40.0);
+        let expect = 100.0 * d.to_f64() * 2f64.powi(32) / 40.0;
+        assert!((r.hps - expect).abs() / expect < 1e-3, "{} vs {expect}", r.hps);
+        assert_eq!(s.accepted_work().hashes(), 100 * d.work().hashes());
     }
 }

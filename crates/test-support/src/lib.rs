@@ -158,22 +158,25 @@ impl Miner {
                 version,
             };
             let scan = sha256d::HeaderScan::new(&h.hash_one(&input(0)).header);
-            hits.clear();
-            scan.scan(0, 1 << 20, top, &mut hits);
-            for &nonce in &hits {
-                let c = h.hash_one(&input(nonce));
-                if c.meets(target) && !(avoid_block && c.meets(job.network_target)) {
-                    let mut p = vec![
-                        json!(worker),
-                        json!(n.job_id),
-                        json!(stratum::to_hex(&en2)),
-                        json!(format!("{:08x}", n.ntime)),
-                        json!(format!("{nonce:08x}")),
-                    ];
-                    if roll {
-                        p.push(json!(format!("{vbits:08x}")));
+            // In slices of 2^16 nonces: an easy target is met in the first one.
+            for slice in 0..16u32 {
+                hits.clear();
+                scan.scan(slice << 16, 1 << 16, top, &mut hits);
+                for &nonce in &hits {
+                    let c = h.hash_one(&input(nonce));
+                    if c.meets(target) && !(avoid_block && c.meets(job.network_target)) {
+                        let mut p = vec![
+                            json!(worker),
+                            json!(n.job_id),
+                            json!(stratum::to_hex(&en2)),
+                            json!(format!("{:08x}", n.ntime)),
+                            json!(format!("{nonce:08x}")),
+                        ];
+                        if roll {
+                            p.push(json!(format!("{vbits:08x}")));
+                        }
+                        return (Value::Array(p), c.header);
                     }
-                    return (Value::Array(p), c.header);
                 }
             }
         }
@@ -181,6 +184,36 @@ impl Miner {
             "no share found in 2^32 hashes at difficulty {} (avoid_block {avoid_block})",
             self.diff
         );
+    }
+    /// Submit params whose hash misses the current share target (a low-difficulty share, 23).
+    pub fn find_low_share(&mut self, worker: &str) -> Value {
+        let n = self.job.clone().expect("test miner");
+        let job = miner::work::prepared_job(&n).expect("test miner");
+        let prefix = job.prefix(&self.en1);
+        let target = Difficulty::from_f64(self.diff).expect("test miner").to_target();
+        let mut h = BatchHasher::new();
+        self.en2 += 1;
+        let en2 = self.en2.to_be_bytes();
+        let nonce = (0..u32::MAX)
+            .find(|nonce| {
+                !h.hash_one(&ShareInput {
+                    job: &job,
+                    prefix: &prefix,
+                    en2: &en2,
+                    ntime: n.ntime,
+                    nonce: *nonce,
+                    version: n.version,
+                })
+                .meets(target)
+            })
+            .expect("a hash above the target");
+        json!([
+            worker,
+            n.job_id,
+            stratum::to_hex(&en2),
+            format!("{:08x}", n.ntime),
+            format!("{nonce:08x}")
+        ])
     }
     pub async fn submit(&mut self, id: Value, params: &Value) -> Value {
         self.send(&json!({"id": id, "method": "mining.submit", "params": params}).to_string())
@@ -332,4 +365,33 @@ pub async fn mine_dev_blocks(node: &chain::DevNode, script: &bitcoin::ScriptBuf,
     })
     .await
     .expect("mining task");
+}
+
+/// Mines blocks on the dev chain one second apart by block time (its retarget makes each about half
+/// a bit harder) until its next block's difficulty is at least `difficulty`; returns that
+/// difficulty. Tests that need shares which are not blocks, at several difficulties, start here.
+pub async fn harden_dev_chain(node: &chain::DevNode, difficulty: f64) -> f64 {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let script = bitcoin::ScriptBuf::new_op_return([]);
+        let start = chain::dev::now().saturating_sub(7_000);
+        for _ in 0..200 {
+            let b = {
+                let c = node.lock();
+                let now = c.tip().block.header.time.max(start) + 1;
+                let t = c.template(now);
+                let d = Difficulty::from_target(units::Target::from_compact(t.bits).expect("bits")).to_f64();
+                if d >= difficulty {
+                    return d;
+                }
+                c.generate_block(&script, now, u32::MAX)
+                    .expect("a dev-chain block")
+            };
+            // Through the node, so the tip is published (a running pool follows it).
+            assert_eq!(node.submit_block_blocking(b), chain::BlockFate::Accepted);
+        }
+        panic!("dev chain not at difficulty {difficulty} after 200 blocks");
+    })
+    .await
+    .expect("mining task")
 }
