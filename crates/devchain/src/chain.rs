@@ -48,6 +48,9 @@ pub struct BlockInfo {
     pub fees: Sats,
     /// Its transactions' ids, in block order (computed once, for [`DevChain::find_tx`]).
     pub txids: Vec<Txid>,
+    /// The bits the retarget asked of a block at this height; a block that carries other bits (the
+    /// minimum) used the minimum-difficulty allowance ([`params::min_difficulty_allowed`]).
+    pub regular_bits: u32,
 }
 
 /// Result of an accepted block.
@@ -163,6 +166,7 @@ impl DevChain {
                 chainwork: gwork,
                 fees: Sats::ZERO,
                 txids: genesis_txids,
+                regular_bits: Target::REGTEST_POW_LIMIT.to_compact(),
             }],
             undo: vec![Vec::new()],
             by_hash: HashMap::from([(ghash, 0)]),
@@ -247,10 +251,16 @@ impl DevChain {
         &self.mempool
     }
 
-    /// The bits the next block must carry.
+    /// The bits the next block must carry, unless it uses the minimum-difficulty allowance. After
+    /// a block that used the allowance the retarget pauses: the next regular block needs what that
+    /// block would have needed.
     pub fn next_bits(&self) -> u32 {
         let h = self.height() + 1;
-        let parent = &self.tip().block.header;
+        let tip = self.tip();
+        if tip.height >= 1 && tip.block.header.bits.to_consensus() != tip.regular_bits {
+            return tip.regular_bits;
+        }
+        let parent = &tip.block.header;
         let gp_time = self
             .at_height(h.saturating_sub(2))
             .map_or(0, |b| b.block.header.time);
@@ -350,7 +360,13 @@ impl DevChain {
         let height = self.height() + 1;
         let bits = block.header.bits.to_consensus();
         let want = self.next_bits();
-        if bits != want {
+        let easy = params::min_difficulty_allowed(
+            &self.params,
+            height,
+            self.tip().block.header.time,
+            block.header.time,
+        ) && bits == Target::REGTEST_POW_LIMIT.to_compact();
+        if bits != want && !easy {
             return Err(Reject::new(
                 "bad-diffbits",
                 format!("incorrect proof of work: bits {bits:08x}, expected {want:08x}"),
@@ -473,6 +489,7 @@ impl DevChain {
     /// Applies a checked block to the in-memory state.
     fn apply(&mut self, block: Block, undo: Undo) {
         let height = self.height() + 1;
+        let regular_bits = self.next_bits();
         let mut fees = 0u64;
         for tx in block.txdata.iter() {
             let txid = tx.compute_txid();
@@ -518,6 +535,7 @@ impl DevChain {
             median_time: 0,
             chainwork,
             fees: Sats::new(fees).unwrap_or(Sats::ZERO),
+            regular_bits,
         });
         let mtp = self.median_time_at(height);
         if let Some(last) = self.chain.last_mut() {
@@ -667,6 +685,28 @@ impl DevChain {
     /// `generatetoaddress`). Gives up after `max_tries` nonces per extranonce × 16 extranonces.
     pub fn generate_block(&self, script: &ScriptBuf, now: u32, max_tries: u32) -> Option<Block> {
         let t = self.template(now);
+        crate::chain::mine_template(&t, script, max_tries)
+    }
+
+    /// Regtest's `generatetoaddress` on the dev chain: a block paying `script` that is quick to mine
+    /// whatever the chain's difficulty. Above the minimum it uses the minimum-difficulty allowance
+    /// ([`params::min_difficulty_allowed`]): the block is stamped just over two block intervals
+    /// after its parent (and never before `now`). `None` when that stamp would be more than
+    /// [`params::MAX_FUTURE_BLOCK_TIME_S`] ahead of `now` (the caller waits for the clock), or after
+    /// `max_tries` nonces per extranonce × 16 extranonces.
+    pub fn generate_block_quick(&self, script: &ScriptBuf, now: u32, max_tries: u32) -> Option<Block> {
+        let mut t = self.template(now);
+        let limit = Target::REGTEST_POW_LIMIT;
+        if t.bits != limit.to_compact() {
+            let parent_time = self.tip().block.header.time;
+            let gap = 2 * self.params.interval_at(t.height) + 1;
+            t.cur_time = t.cur_time.max(parent_time.saturating_add(gap));
+            t.bits = limit.to_compact();
+            t.target = limit;
+        }
+        if t.cur_time > now.saturating_add(params::MAX_FUTURE_BLOCK_TIME_S) {
+            return None;
+        }
         crate::chain::mine_template(&t, script, max_tries)
     }
 

@@ -8,6 +8,16 @@
 //!   approximation of aserti3-2d (Bitcoin Cash), so the rule is integer-only and deterministic. The result
 //!   is clamped to `[1, powLimit]` and encoded as compact bits; the block must carry exactly those bits.
 //!
+//! **Minimum-difficulty allowance (testnet's rule).** A block whose timestamp is more than `2·T` after
+//! its parent's may carry the minimum difficulty (regtest's powLimit bits, `207fffff`) instead of the
+//! retarget's bits ([`min_difficulty_allowed`]). Such a block is transparent to the retarget: the
+//! next regular block needs the bits the allowance block would have needed (testnet3 walks back the
+//! same way). This is what keeps `generatetoaddress` quick once real miners have raised the
+//! difficulty: it stamps each block `2·T + 1` s after its parent. Timestamps may run at most
+//! [`MAX_FUTURE_BLOCK_TIME_S`] ahead of the wall clock, so at `T = 30` about 118 such blocks fit
+//! ahead of the clock at once (a newcomer's `generatetoaddress 101` does); past that the call waits
+//! for the clock.
+//!
 //! A chain of blocks found exactly `T` apart keeps its target; faster blocks make it harder by `1/2`
 //! bit per block at the limit (solvetime 0), slower ones easier. Idle periods raise the target at most
 //! `2^2.5` per block (the solvetime clamp), so a returning miner is not flooded.
@@ -91,6 +101,12 @@ pub fn subsidy(height: u32) -> Sats {
         INITIAL_SUBSIDY_SATS >> halvings
     };
     Sats::new(sat).unwrap_or(Sats::ZERO)
+}
+
+/// Whether the block at `height` stamped `time` may carry the minimum difficulty: its timestamp is
+/// more than twice the block interval after its parent's (`parent_time`).
+pub fn min_difficulty_allowed(params: &DevParams, height: u32, parent_time: u32, time: u32) -> bool {
+    height >= 2 && u64::from(time) > u64::from(parent_time) + 2 * u64::from(params.interval_at(height))
 }
 
 /// 2^(frac/65536) · 65536 for `frac` in `0..65536` (aserti3-2d's cubic approximation).

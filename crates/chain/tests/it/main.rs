@@ -656,3 +656,42 @@ async fn core_backend_wallet_calls_read_cores_shapes() {
         chain::TxStatus::Unknown
     );
 }
+
+/// Issue 12: a regtest tutorial's `generatetoaddress 101 <address>` succeeds quickly even after real
+/// mining raised the dev chain's difficulty (the minimum-difficulty allowance), so a newcomer can
+/// mature a coinbase in seconds; the blocks stay within two hours of the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generatetoaddress_101_is_quick_on_a_hardened_dev_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let node = dev_node(d.path());
+    // Harden: blocks 1 s apart by block time (about half a bit harder each), ending near the clock.
+    {
+        let mut c = node.lock();
+        let mut t = chain::dev::now().saturating_sub(200);
+        for _ in 0..40 {
+            t += 1;
+            let b = c.generate_block(&payout(), t, u32::MAX).unwrap();
+            c.submit_block(b, t).unwrap();
+        }
+        let d = units::Difficulty::from_target(units::Target::from_compact(c.next_bits()).unwrap());
+        assert!(d.to_f64() > 1e-4, "hardened to {d}");
+    }
+    let s = serve(Arc::new(DevRpc::new(node.clone()))).await;
+    let c = RpcClient::new(&url(&s), auth()).unwrap();
+    let started = std::time::Instant::now();
+    let hashes = c
+        .call(
+            "generatetoaddress",
+            json!([101, "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hashes.as_array().unwrap().len(), 101);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let tip = node.lock().tip().block.header.time;
+    assert!(tip <= chain::dev::now() + devchain::params::MAX_FUTURE_BLOCK_TIME_S);
+}

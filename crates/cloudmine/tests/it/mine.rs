@@ -758,3 +758,91 @@ fn two_miners_in_pps_mode_are_paid_per_share_at_once_and_the_books_balance() {
     );
     eprintln!("PPS, two cloudmine mine processes: alice {a}, bob {b} msat available; reserve {reserve}, mined {mined}; ledger verify ok");
 }
+
+/// `GET path` from serve's HTTP API, as JSON (blocking; for the synchronous process tests).
+fn get_json(http: &str, path: &str) -> Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let body = buf.split_once("\r\n\r\n").map_or("", |x| x.1);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {buf}"))
+}
+
+/// `serve` with its defaults (no difficulty flags; only the listen addresses are made free ports)
+/// and `cloudmine mine -t 1` with none either: the first share is accepted within 10 s of the
+/// miner's start and the dev chain grows within 20 s. Run twice: on a fresh dev chain (its minimum
+/// difficulty) and on one that real mining made harder (the newcomer's second run).
+fn first_minute(harden: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    if harden {
+        let mut c = devchain::DevChain::open(dir.path(), 30).unwrap();
+        let script = bitcoin::ScriptBuf::new_op_return([]);
+        let mut t = chain::dev::now().saturating_sub(600);
+        // blocks 1 s apart: about half a bit harder each, to a difficulty where a CPU thread needs
+        // well over a second per block
+        while units::Difficulty::from_target(units::Target::from_compact(c.next_bits()).unwrap()).to_f64()
+            < 0.002
+        {
+            t += 1;
+            let b = c.generate_block(&script, t, u32::MAX).unwrap();
+            c.submit_block(b, t).unwrap();
+        }
+    }
+    let (_served, stratum, before) = super::spawn_env(
+        &[
+            "serve",
+            "--stratum-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+        "cloudmine pool: stratum+tcp://",
+        &[],
+    );
+    let http = before
+        .iter()
+        .find_map(|l| l.strip_prefix("HTTP API on http://"))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let height0 = get_json(&http, "/api/v1/pool")["height"].as_u64().unwrap();
+    let started = Instant::now();
+    let pool = format!("stratum+tcp://{stratum}");
+    let m = mine(&["-o", &pool, "-u", &format!("{ADDR}.cpu")]);
+    m.wait("the first accepted share", 10, |ev| accepted_on(ev, &pool) >= 1);
+    let first = started.elapsed();
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        let h = get_json(&http, "/api/v1/pool")["height"].as_u64().unwrap();
+        if h > height0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev chain still at height {h} 20 s after the miner started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let grew = started.elapsed();
+    let p = get_json(&http, "/api/v1/pool");
+    assert!(p["hashrate_hps"].as_f64().unwrap() > 0.0, "{p}");
+    assert!(p["hashrate_window_s"].as_f64().unwrap() <= 60.0, "{p}");
+    eprintln!(
+        "first minute (hardened {harden}): first share after {first:?}, chain grew after {grew:?}; {p}"
+    );
+    m.stop();
+}
+
+#[test]
+fn first_minute_on_a_fresh_dev_chain_with_defaults() {
+    first_minute(false);
+}
+
+#[test]
+fn first_minute_on_a_hardened_dev_chain_with_defaults() {
+    first_minute(true);
+}

@@ -369,3 +369,53 @@ fn invalidate_block_disconnects_and_returns_transactions() {
     let chain = DevChain::open(dir.path(), T).unwrap();
     assert_eq!(chain.height(), 101);
 }
+
+/// The dev chain's minimum-difficulty allowance (testnet's rule): a block stamped more than 2·T
+/// after its parent may carry the minimum bits; one stamped sooner may not; the retarget pauses over
+/// allowance blocks; all of it holds again after a restart (every stored block is re-checked).
+#[test]
+fn minimum_difficulty_allowance_after_two_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = DevChain::open(dir.path(), T).unwrap();
+    let script = spk(&key(3));
+    let limit = 0x207f_ffff;
+    // Harden: blocks 1 s apart make each about half a bit harder.
+    let mut now = START;
+    for _ in 0..24 {
+        now += 1;
+        let b = chain.generate_block(&script, now, u32::MAX).unwrap();
+        chain.submit_block(b, now).unwrap();
+    }
+    let regular = chain.next_bits();
+    assert_ne!(regular, limit, "the chain got harder");
+    // A minimum-difficulty block stamped exactly 2·T after its parent: refused.
+    let parent = chain.tip().block.header.time;
+    let mut t = chain.template(parent + 2 * T);
+    t.cur_time = parent + 2 * T;
+    t.bits = limit;
+    t.target = units::Target::REGTEST_POW_LIMIT;
+    let early = devchain::chain::mine_template(&t, &script, 1_000_000).unwrap();
+    let err = chain.submit_block(early, now + 10_000).unwrap_err();
+    assert!(err.to_string().contains("bad-diffbits"), "{err}");
+    // generate_block_quick stamps 2·T + 1 after the parent at the minimum bits: accepted, and the
+    // next regular block needs what the chain needed before it.
+    for i in 0..5u32 {
+        let b = chain.generate_block_quick(&script, now, 1_000_000).unwrap();
+        assert_eq!(b.header.bits.to_consensus(), limit);
+        assert_eq!(b.header.time, parent + (i + 1) * (2 * T + 1));
+        chain.submit_block(b, now).unwrap();
+        assert_eq!(
+            chain.next_bits(),
+            regular,
+            "the retarget pauses over allowance blocks"
+        );
+    }
+    // No further ahead of the clock than MAX_FUTURE_BLOCK_TIME_S: nothing to stamp, None.
+    let far = chain.tip().block.header.time - devchain::params::MAX_FUTURE_BLOCK_TIME_S;
+    assert!(chain.generate_block_quick(&script, far, 1_000_000).is_none());
+    let height = chain.height();
+    drop(chain);
+    let chain = DevChain::open(dir.path(), T).unwrap();
+    assert_eq!(chain.height(), height);
+    assert_eq!(chain.next_bits(), regular);
+}
