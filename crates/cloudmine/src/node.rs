@@ -27,8 +27,23 @@ pub struct NodeArgs {
     pub dev_zmqpubhashblock: Option<String>,
 }
 
+/// Warns about secrets given as command-line flags (every user of the machine sees them in `ps`);
+/// the environment variable or the `--config` file keeps them out of sight.
+pub(crate) fn warn_secret_flags(flags: &[(&str, &str)]) {
+    for arg in std::env::args() {
+        for (flag, env) in flags {
+            if arg == *flag || arg.starts_with(&format!("{flag}=")) {
+                eprintln!(
+                    "warning: {flag} on the command line is visible to every user in `ps`; set {env} or put it in the --config file instead"
+                );
+            }
+        }
+    }
+}
+
 /// Runs the node until SIGINT or SIGTERM.
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    warn_secret_flags(&[("--dev-rpc-auth", "CLOUDMINE_DEV_RPC_AUTH")]);
     let dir = args.data_dir.clone();
     let interval = args.dev_block_interval;
     let chain = tokio::task::spawn_blocking(move || devchain::DevChain::open(&dir, interval))
@@ -98,7 +113,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &std::path::Path, body: &str) -> std::io::Result<()> {
+/// Writes a secret file readable by its owner alone (0600, also when the file existed before with
+/// wider permissions).
+pub(crate) fn write_private(path: &std::path::Path, body: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -108,6 +125,11 @@ fn write_private(path: &std::path::Path, body: &str) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(body.as_bytes())?;
     f.sync_all()
 }

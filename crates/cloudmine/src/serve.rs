@@ -20,6 +20,45 @@ pub const START_DIFFICULTY_DEV: f64 = 0.001;
 /// 20 shares/s until vardiff raises it; a slow one is lowered on time.
 pub const START_DIFFICULTY_BITCOIND: f64 = 42.0;
 
+/// Default cap on Stratum connections.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 20_000;
+/// Open files kept for everything but Stratum connections: databases (share log, ledger), the HTTP
+/// API (256 connections) and dev RPC (64), Core RPC and ZMQ sockets, the block file, logs.
+pub const FDS_RESERVED: u64 = 512;
+
+/// Raises the soft open-files limit to the hard one and fits the Stratum connection cap inside it:
+/// an explicit `--connections-max` that cannot fit is refused; the default is lowered to what fits,
+/// and said so.
+fn fit_connections(asked: Option<usize>) -> anyhow::Result<usize> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let mut soft = cur.current.unwrap_or(u64::MAX);
+    if cur.current.is_some() && cur.current != cur.maximum {
+        let raised = Rlimit {
+            current: cur.maximum,
+            maximum: cur.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = cur.maximum.unwrap_or(u64::MAX),
+            Err(e) => eprintln!("warning: could not raise the open-files limit from {soft}: {e}"),
+        }
+    }
+    let room = usize::try_from(soft.saturating_sub(FDS_RESERVED)).unwrap_or(usize::MAX);
+    match asked {
+        Some(n) if n > room => anyhow::bail!(
+            "--connections-max {n} does not fit the open-files limit: this process may open {soft} files and keeps {FDS_RESERVED} for databases, HTTP and RPC, so at most {room} Stratum connections; lower --connections-max or raise the hard limit (ulimit -Hn)"
+        ),
+        Some(n) => Ok(n.max(1)),
+        None if CONNECTIONS_MAX_DEFAULT > room => {
+            println!(
+                "Stratum connections: at most {room} (the open-files limit {soft} less {FDS_RESERVED} reserved; raise `ulimit -Hn` for the default {CONNECTIONS_MAX_DEFAULT})"
+            );
+            Ok(room.max(1))
+        }
+        None => Ok(CONNECTIONS_MAX_DEFAULT),
+    }
+}
+
 /// Which chain backend.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChainKind {
@@ -168,9 +207,11 @@ pub struct ServeArgs {
     /// Lowest share difficulty vardiff may assign (fractions allowed, e.g. 0.001 for CPU miners).
     #[arg(long, default_value_t = 0.001)]
     pub min_difficulty: f64,
-    /// Open Stratum connections at most (a permit is taken before accept).
-    #[arg(long, default_value_t = 20_000)]
-    pub connections_max: usize,
+    /// Open Stratum connections at most (a permit is taken before accept). Default 20,000, or what
+    /// the open-files limit leaves beside FDS_RESERVED if that is less (said at start); a value that
+    /// does not fit is refused.
+    #[arg(long)]
+    pub connections_max: Option<usize>,
     /// Open Stratum connections per IP address at most (raise for a farm or proxy behind one address).
     #[arg(long, default_value_t = pool::config::CONNECTIONS_PER_IP_DEFAULT)]
     pub connections_per_ip_max: usize,
@@ -287,6 +328,12 @@ fn pool_payout(
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::node::warn_secret_flags(&[
+        ("--dev-rpc-auth", "CLOUDMINE_DEV_RPC_AUTH"),
+        ("--bitcoind-auth", "CLOUDMINE_BITCOIND_AUTH"),
+        ("--database-url", "CLOUDMINE_DATABASE_URL"),
+    ]);
+    let mut cookie: Option<PathBuf> = None;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut rpc_task = None;
@@ -306,7 +353,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                             "__cookie__:{}",
                             secret.iter().map(|b| format!("{b:02x}")).collect::<String>()
                         );
-                        std::fs::write(args.data_dir.join(".cookie"), &pair)?;
+                        let path = args.data_dir.join(".cookie");
+                        crate::node::write_private(&path, &pair)
+                            .with_context(|| format!("writing the RPC cookie {}", path.display()))?;
+                        cookie = Some(path);
                         Credentials::new(vec![pair])
                     }
                 };
@@ -359,7 +409,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     cfg.initial_difficulty = units::Difficulty::from_f64(start).context("--start-difficulty")?;
     cfg.vardiff.min = units::Difficulty::from_f64(args.min_difficulty).context("--min-difficulty")?;
-    cfg.connections_max = args.connections_max.max(1);
+    cfg.connections_max = fit_connections(args.connections_max)?;
     cfg.fee_ppm = args.pool_fee_ppm;
     cfg.sharing = match args.sharing {
         SharingArg::Pplns => pool::config::Sharing::Pplns,
@@ -489,6 +539,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = rpc_task {
         r.abort();
+    }
+    if let Some(p) = cookie {
+        let _ = std::fs::remove_file(p);
     }
     drop(backend);
     let _ = writer.await;

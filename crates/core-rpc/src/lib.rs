@@ -4,6 +4,8 @@
 //! * [`gbt`]: the `getblocktemplate` result as JSON, parsed into and produced from
 //!   [`mining_core::BlockTemplate`], with consistency checks (txids, target vs bits, witness commitment).
 //! * [`client`]: an HTTP/1.1 JSON-RPC client (basic auth or cookie file, timeouts, clear errors).
+//! * [`http`]: the bounded HTTP/1.1 edge (connection cap, header-read timeout, connection lifetime)
+//!   this server and the pool's API are served through.
 //! * [`server`]: a Core-compatible JSON-RPC HTTP server over any [`server::RpcHandler`]
 //!   (auth, JSON-RPC 1.0/2.0 and batches, Core's status codes, named limits).
 //!
@@ -12,6 +14,7 @@
 pub mod client;
 pub mod error;
 pub mod gbt;
+pub mod http;
 pub mod server;
 
 pub use client::{Auth, ClientError, RpcClient};

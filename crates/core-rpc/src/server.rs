@@ -6,12 +6,14 @@
 //! `{"result":null,"error":{code,message},"id":…}`; a JSON-RPC 2.0 request always gets 200; an array is
 //! a batch. Handlers run on blocking threads, at most [`RPC_WORKERS_MAX`] at once.
 //!
-//! Limits: request body [`BODY_BYTES_MAX`], batch length [`BATCH_LEN_MAX`], concurrent handlers
-//! [`RPC_WORKERS_MAX`]. Bad input gets an error response; the server carries on.
+//! Limits: request body [`BODY_BYTES_MAX`], read within [`BODY_READ_TIMEOUT`] and only *after* the
+//! credentials were checked (an unauthenticated client gets 401 without a byte of its body read),
+//! batch length [`BATCH_LEN_MAX`], concurrent handlers [`RPC_WORKERS_MAX`], and the connection limits
+//! of [`crate::http`] ([`RPC_HTTP_LIMITS`]). Bad input gets an error response; the server carries on.
 
 use crate::error::{code, RpcError};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -25,6 +27,15 @@ use tokio::sync::Semaphore;
 
 /// Largest request body (a 4 MB block as hex is 8 MB).
 pub const BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// How long reading a request body may take.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Connection limits of the JSON-RPC server (Core's `-rpcworkqueue` is 16; a wallet or a pool keeps
+/// a few connections open).
+pub const RPC_HTTP_LIMITS: crate::http::HttpLimits = crate::http::HttpLimits {
+    connections_max: 64,
+    header_read_timeout: std::time::Duration::from_secs(10),
+    connection_time_max: std::time::Duration::from_secs(300),
+};
 /// Most requests in one batch.
 pub const BATCH_LEN_MAX: usize = 1_000;
 /// Most handlers running at once (Core: `-rpcthreads` 4, `-rpcworkqueue` 16).
@@ -88,9 +99,8 @@ pub async fn serve(
     let app = Router::new()
         .route("/", post(rpc))
         .route("/wallet/{name}", post(rpc))
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    crate::http::serve(listener, app, RPC_HTTP_LIMITS, shutdown).await
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -102,7 +112,7 @@ fn reply(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-async fn rpc(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn rpc(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Body) -> Response {
     if !st.creds.check(&headers) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -111,6 +121,24 @@ async fn rpc(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Res
         )
             .into_response();
     }
+    let body: Bytes =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, BODY_BYTES_MAX)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {BODY_BYTES_MAX} bytes, or broken\n"),
+                )
+                    .into_response()
+            }
+            Err(_) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("request body not read within {} s\n", BODY_READ_TIMEOUT.as_secs()),
+                )
+                    .into_response()
+            }
+        };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -212,4 +240,78 @@ async fn one(st: &AppState, req: Value) -> (StatusCode, Value) {
         ))
     });
     respond(res)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Echo;
+    impl RpcHandler for Echo {
+        fn call(&self, method: &str, _params: &[Value]) -> Result<Value, RpcError> {
+            Ok(json!(method))
+        }
+    }
+
+    async fn start() -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(
+            l,
+            Arc::new(Echo),
+            Credentials::new(vec!["u:p".into()]),
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let _ = s.write_all(body).await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Credentials are checked before a byte of the body is read: a client announcing 100 MB and
+    /// sending none gets 401 at once; an authenticated one over the limit gets 413.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auth_before_body_and_the_body_limit() {
+        let addr = start().await;
+        let t = std::time::Instant::now();
+        let r = exchange(
+            addr,
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100000000\r\n\r\n",
+            b"",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        let big = vec![b' '; BODY_BYTES_MAX + 1];
+        let auth = base64::engine::general_purpose::STANDARD.encode("u:p");
+        let r = exchange(
+            addr,
+            &format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\n\r\n",
+                big.len()
+            ),
+            &big,
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        let body = r#"{"id":1,"method":"getblockcount","params":[]}"#;
+        let r = exchange(
+            addr,
+            &format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ),
+            body.as_bytes(),
+        )
+        .await;
+        assert!(r.contains("\"result\":\"getblockcount\""), "{r}");
+    }
 }

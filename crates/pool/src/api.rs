@@ -51,10 +51,21 @@ pub(crate) async fn serve(
         .route("/api/v1/ledger/{owner}/blocks", get(ledger_blocks))
         .route("/api/v1/ledger/{owner}/payouts", get(ledger_payouts))
         .with_state(shared);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
+    core_rpc::http::serve(
+        listener,
+        app,
+        API_HTTP_LIMITS,
+        async move { token.cancelled().await },
+    )
+    .await
 }
+
+/// Connection limits of the API (`core_rpc::http`): dashboards and Prometheus keep few connections.
+pub const API_HTTP_LIMITS: core_rpc::http::HttpLimits = core_rpc::http::HttpLimits {
+    connections_max: 256,
+    header_read_timeout: std::time::Duration::from_secs(10),
+    connection_time_max: std::time::Duration::from_secs(120),
+};
 
 fn height(shared: &Shared) -> u32 {
     shared.backend.tip().borrow().height

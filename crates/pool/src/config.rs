@@ -111,6 +111,9 @@ pub struct PoolConfig {
     pub handshake_deadline: Duration,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// A write to a miner that does not complete within this long closes the connection (a peer
+    /// that sends but never reads cannot hold its task, its permit, or a graceful shutdown).
+    pub write_timeout: Duration,
     /// Open connections in total (a permit is taken before accept).
     pub connections_max: usize,
     /// Open connections per IP address (default [`CONNECTIONS_PER_IP_DEFAULT`]; raise it for a farm
@@ -172,6 +175,7 @@ impl PoolConfig {
             line_bytes_max: stratum::framing::MINER_LINE_BYTES_MAX,
             handshake_deadline: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(10),
             connections_max: 20_000,
             connections_per_ip_max: CONNECTIONS_PER_IP_DEFAULT,
             workers_per_connection_max: WORKERS_PER_CONNECTION_DEFAULT,

@@ -42,6 +42,13 @@ pub const FEE_HISTORY_HEIGHTS: usize = 144;
 pub const FEE_BACKFILL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Heights re-read below a new tip (a short reorganisation replaces their blocks' fees).
 pub const FEE_REREAD_DEPTH: u32 = 3;
+/// Most bytes waiting to be written to one connection at once: replies to one read (at most
+/// [`READ_CHUNK_BYTES`] of requests) and new work fit many times over; past it the connection is
+/// closed ("output over limit"). Together with [`PoolConfig::write_timeout`] this bounds what a peer
+/// that never reads can hold.
+pub const OUTGOING_BYTES_MAX: usize = 1 << 20;
+/// Most addresses in the ban table (see `Shared::ban`).
+pub const BANS_MAX: usize = 100_000;
 /// How often connections run their vardiff check.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -178,6 +185,11 @@ impl Pool {
         self.local_addr
     }
 
+    /// Addresses in the ban table (at most [`BANS_MAX`]).
+    pub fn bans_len(&self) -> usize {
+        self.shared.bans_len()
+    }
+
     /// Counters.
     pub fn stats(&self) -> Arc<PoolStats> {
         self.shared.stats.clone()
@@ -259,6 +271,40 @@ impl Pool {
 }
 
 impl Shared {
+    /// Whether `ip` is banned at `now`; an expired ban is removed on the way.
+    fn banned(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        match bans.get(&ip) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                bans.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Bans `ip` for [`PoolConfig::ban_duration`]. The table holds at most [`BANS_MAX`] addresses:
+    /// when full, expired bans are dropped first, then the ban that ends soonest (logged).
+    fn ban(&self, ip: IpAddr, now: Instant) {
+        let mut bans = self.bans.lock().unwrap_or_else(|p| p.into_inner());
+        if bans.len() >= BANS_MAX && !bans.contains_key(&ip) {
+            bans.retain(|_, until| now < *until);
+            if bans.len() >= BANS_MAX {
+                if let Some(first) = bans.iter().min_by_key(|(_, u)| **u).map(|(a, _)| *a) {
+                    tracing::warn!(evicted = %first, "ban table full (BANS_MAX); the ban that ends soonest is lifted early");
+                    bans.remove(&first);
+                }
+            }
+        }
+        bans.insert(ip, now + self.cfg.ban_duration);
+    }
+
+    /// Addresses in the ban table (expired ones included until they are next looked at).
+    fn bans_len(&self) -> usize {
+        self.bans.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// An extranonce1 no live connection holds (the counter starts at a random point so restarts do
     /// not reuse values; a value still in use after a wrap of the 32-bit counter is skipped).
     fn allocate_en1(&self) -> [u8; 4] {
@@ -451,17 +497,9 @@ async fn accept_loop(
             },
         };
         let ip = peer.ip();
-        if let Some(until) = shared
-            .bans
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&ip)
-            .copied()
-        {
-            if Instant::now() < until {
-                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                continue; // dropping the stream closes it
-            }
+        if shared.banned(ip, Instant::now()) {
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            continue; // dropping the stream closes it
         }
         {
             let mut per_ip = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -490,6 +528,21 @@ async fn accept_loop(
             drop(permit);
         };
         tracker.spawn(fut);
+    }
+}
+
+/// Why a bounded write ended early.
+enum WriteEnd {
+    Failed,
+    TimedOut,
+}
+
+/// Writes `out` within [`PoolConfig::write_timeout`].
+async fn write_bounded(shared: &Shared, stream: &mut TcpStream, out: &str) -> Result<(), WriteEnd> {
+    match tokio::time::timeout(shared.cfg.write_timeout, stream.write_all(out.as_bytes())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteEnd::Failed),
+        Err(_) => Err(WriteEnd::TimedOut),
     }
 }
 
@@ -556,7 +609,7 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                         Some(outcome) => {
                             for l in &outcome.lines { out.push_str(l); }
                             if let Some(reason) = outcome.close {
-                                let _ = stream.write_all(out.as_bytes()).await;
+                                let _ = write_bounded(shared, &mut stream, &out).await;
                                 return reason;
                             }
                             let mut boxes = shared.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
@@ -616,7 +669,7 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                         Ok(Some(l)) => l.to_vec(),
                         Ok(None) => break,
                         Err(_) => {
-                            let _ = stream.write_all(out.as_bytes()).await;
+                            let _ = write_bounded(shared, &mut stream, &out).await;
                             return "line too long";
                         }
                     };
@@ -661,10 +714,10 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
                     }
                 }
                 if let Some((reason, ban)) = close {
-                    let _ = stream.write_all(out.as_bytes()).await;
+                    let _ = write_bounded(shared, &mut stream, &out).await;
                     if ban {
                         if let Ok(peer) = stream.peer_addr() {
-                            shared.bans.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.ip(), Instant::now() + shared.cfg.ban_duration);
+                            shared.ban(peer.ip(), Instant::now());
                         }
                     }
                     return reason;
@@ -672,8 +725,13 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream, token: Cancella
             }
         }
         if !out.is_empty() {
-            if stream.write_all(out.as_bytes()).await.is_err() {
-                return "write failed";
+            if out.len() > OUTGOING_BYTES_MAX {
+                return "output over limit";
+            }
+            match write_bounded(shared, &mut stream, &out).await {
+                Ok(()) => {}
+                Err(WriteEnd::Failed) => return "write failed",
+                Err(WriteEnd::TimedOut) => return "write timeout (the peer does not read)",
             }
             if let Some((job, issued)) = clean_sent.take() {
                 shared.stats.clean_written(job, issued.elapsed());

@@ -506,3 +506,65 @@ async fn ledger_cli_reads_balances_history_and_verifies() {
         "{out}"
     );
 }
+
+/// serve's dev RPC cookie is readable by its owner alone and is removed at a graceful stop.
+#[test]
+fn serve_writes_its_rpc_cookie_0600_and_removes_it_on_stop() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // an older cookie with wide permissions is tightened, not reused as it was
+    std::fs::write(dir.path().join(".cookie"), "old").unwrap();
+    std::fs::set_permissions(dir.path().join(".cookie"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (mut p, _) = spawn(
+        &[
+            "serve",
+            "--stratum-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--dev-rpc-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+        "cloudmine pool: stratum+tcp://",
+    );
+    let meta = std::fs::metadata(dir.path().join(".cookie")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(dir.path().join(".cookie"))
+        .unwrap()
+        .starts_with("__cookie__:"));
+    let pid = p.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.path().join(".cookie").exists(), "cookie left behind");
+}
+
+/// A `--connections-max` that cannot fit beside the databases and RPC sockets under the open-files
+/// limit is refused at start with the numbers, never found out at the 19,000th accept.
+#[test]
+fn serve_refuses_a_connection_cap_the_open_files_limit_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudmine"))
+        .args([
+            "serve",
+            "--stratum-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--connections-max", "100000000", "--data-dir"])
+        .arg(dir.path())
+        .env("CLOUDMINE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--connections-max 100000000 does not fit the open-files limit"),
+        "{err}"
+    );
+}

@@ -1632,3 +1632,80 @@ async fn a_share_of_one_job_is_not_a_share_of_its_refresh() {
     assert_ne!(first.coinb2, second.coinb2, "the job id is in the coinbase");
     h.pool.shutdown().await;
 }
+
+/// A peer that sends but never reads: the pool's writes to it stall, and after `write_timeout` the
+/// connection is closed; a good miner keeps mining meanwhile, and a graceful shutdown is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_closed_after_the_write_timeout() {
+    let h = harness(|c| c.write_timeout = Duration::from_millis(500)).await;
+    let mut good = Miner::connect(h.pool.local_addr()).await;
+    good.handshake(&format!("{ADDR}.good")).await;
+    // A tiny receive buffer, and a flood of requests whose replies it never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut slow = sock.connect(h.pool.local_addr()).await.unwrap();
+    let line = "{\"id\":1,\"method\":\"mining.unknown\",\"params\":[]}\n".repeat(1000);
+    let before = h
+        .pool
+        .stats()
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(before, 2);
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    // Keep writing until the pool gives up on us (its close shows as a write error here).
+    while started.elapsed() < Duration::from_secs(20) {
+        use tokio::io::AsyncWriteExt;
+        if let Ok(Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), slow.write_all(line.as_bytes())).await
+        {
+            closed = true;
+            break;
+        }
+        if h.pool
+            .stats()
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a peer that never reads was not closed");
+    // the good miner never noticed
+    good.wait_job().await;
+    let (p, _) = good.find_share(&format!("{ADDR}.good"), false);
+    let r = good.submit(json!(9), &p).await;
+    assert!(verdict(&r).is_ok() || r["error"][0] == 21, "{r}");
+    let t = std::time::Instant::now();
+    h.pool.shutdown().await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+/// A ban ends after `ban_duration`: the address may connect again and its entry leaves the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_expire_and_leave_the_table() {
+    let h = harness(|c| {
+        c.invalid_shares_before_ban = 3;
+        c.ban_duration = Duration::from_millis(700);
+    })
+    .await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    for i in 0..3 {
+        m.send(&format!(
+            "{{\"id\":{i},\"method\":\"mining.submit\",\"params\":[1]}}"
+        ))
+        .await;
+    }
+    while m.next().await.is_some() {}
+    assert_eq!(h.pool.bans_len(), 1);
+    // banned: closed at once
+    let mut again = Miner::connect(h.pool.local_addr()).await;
+    assert!(again.next_reply_or_eof().await.is_none());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut back = Miner::connect(h.pool.local_addr()).await;
+    back.handshake(&format!("{ADDR}.back")).await;
+    assert_eq!(h.pool.bans_len(), 0, "the expired ban left the table");
+    h.pool.shutdown().await;
+}

@@ -1,0 +1,183 @@
+//! The HTTP edge both servers share (the dev chain's JSON-RPC and the pool's API): an axum router
+//! served over HTTP/1.1 with named limits, so a slow or greedy client is dropped and the others
+//! never notice.
+//!
+//! * [`HttpLimits::connections_max`]: open connections at most; a permit is taken *before* accept,
+//!   so past the cap new clients wait in the kernel's backlog instead of costing memory.
+//! * [`HttpLimits::header_read_timeout`]: the request head must arrive within this long of the
+//!   connection (or of the previous response, on keep-alive): a slowloris client is closed.
+//! * [`HttpLimits::connection_time_max`]: one connection lives at most this long, whatever it does
+//!   (a slow body, an endless keep-alive); its in-flight request is answered first if it can be.
+//! * Shutdown: no new connections; open ones finish their request (at most
+//!   [`SHUTDOWN_GRACE`]) and close.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// How long open connections get to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Limits of one HTTP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Open connections at most.
+    pub connections_max: usize,
+    /// Time allowed for a request's head.
+    pub header_read_timeout: Duration,
+    /// Longest life of one connection.
+    pub connection_time_max: Duration,
+}
+
+impl Default for HttpLimits {
+    /// 256 connections, 10 s for a request head, 120 s per connection.
+    fn default() -> Self {
+        HttpLimits {
+            connections_max: 256,
+            header_read_timeout: Duration::from_secs(10),
+            connection_time_max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.connections_max.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => { backoff = Duration::from_millis(10); s }
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop = stop_rx.clone();
+        tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let deadline = tokio::time::sleep(limits.connection_time_max);
+            tokio::pin!(deadline);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = &mut deadline => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+                }
+                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    let _ = stop_tx.send(true);
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+    use super::*;
+    use axum::routing::get;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start(limits: HttpLimits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        tokio::spawn(serve(l, app, limits, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
+    /// Reads until EOF (or 5 s): what the server sent before closing.
+    async fn read_all(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slowloris_is_closed_and_the_cap_holds_then_frees() {
+        let limits = HttpLimits {
+            connections_max: 2,
+            header_read_timeout: Duration::from_millis(300),
+            connection_time_max: Duration::from_secs(30),
+        };
+        let (addr, _stop) = start(limits).await;
+        // Two clients that never finish their request head hold both permits...
+        let t0 = Instant::now();
+        let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        b.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...so a third is served only once the header timeout closed them.
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_all(&mut c).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("ok"));
+        assert!(t0.elapsed() >= Duration::from_millis(250), "{:?}", t0.elapsed());
+        let cut = read_all(&mut a).await;
+        assert!(!cut.contains(" 200 "), "the slow client got no answer: {cut}");
+        assert!(t0.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_lives_at_most_its_time() {
+        let limits = HttpLimits {
+            connections_max: 4,
+            header_read_timeout: Duration::from_secs(30),
+            connection_time_max: Duration::from_millis(400),
+        };
+        let (addr, _stop) = start(limits).await;
+        let t0 = Instant::now();
+        let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // keep-alive requests, then silence: closed at the lifetime, not at the header timeout
+        a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let got = read_all(&mut a).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        let t = t0.elapsed();
+        assert!(
+            t >= Duration::from_millis(350) && t < Duration::from_secs(3),
+            "{t:?}"
+        );
+    }
+}
