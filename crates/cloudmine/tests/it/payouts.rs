@@ -316,9 +316,10 @@ async fn pplns_pool_pays_two_miners_in_one_transaction_exactly_once_across_a_cra
     let all = l.payouts(None, 100).await.unwrap();
     assert_eq!(all.len(), ledger_txids.len());
     for p in &all {
+        let want_txid = p.txid.to_string();
         let tx = paying
             .iter()
-            .find(|(t, _)| *t == p.txid.to_string())
+            .find(|(t, _)| *t == want_txid)
             .unwrap_or_else(|| panic!("payout {} not on the chain", p.txid));
         for line in &p.lines {
             let want = if line.owner == ALICE { &sa } else { &sb };
