@@ -251,13 +251,20 @@ impl DevChain {
         &self.mempool
     }
 
+    /// Whether the tip carries the minimum difficulty under the allowance (not as the retarget's
+    /// own bits).
+    pub fn tip_used_allowance(&self) -> bool {
+        let tip = self.tip();
+        tip.height >= 1 && tip.block.header.bits.to_consensus() != tip.regular_bits
+    }
+
     /// The bits the next block must carry, unless it uses the minimum-difficulty allowance. After
     /// a block that used the allowance the retarget pauses: the next regular block needs what that
     /// block would have needed.
     pub fn next_bits(&self) -> u32 {
         let h = self.height() + 1;
         let tip = self.tip();
-        if tip.height >= 1 && tip.block.header.bits.to_consensus() != tip.regular_bits {
+        if self.tip_used_allowance() {
             return tip.regular_bits;
         }
         let parent = &tip.block.header;
@@ -364,6 +371,7 @@ impl DevChain {
             &self.params,
             height,
             self.tip().block.header.time,
+            self.tip_used_allowance(),
             block.header.time,
         ) && bits == Target::REGTEST_POW_LIMIT.to_compact();
         if bits != want && !easy {
@@ -691,7 +699,7 @@ impl DevChain {
     /// Regtest's `generatetoaddress` on the dev chain: a block paying `script` that is quick to mine
     /// whatever the chain's difficulty. Above the minimum it uses the minimum-difficulty allowance
     /// ([`params::min_difficulty_allowed`]): the block is stamped just over two block intervals
-    /// after its parent (and never before `now`). `None` when that stamp would be more than
+    /// after its parent, or one second after a parent that used the allowance (never before `now`). `None` when that stamp would be more than
     /// [`params::MAX_FUTURE_BLOCK_TIME_S`] ahead of `now` (the caller waits for the clock), or after
     /// `max_tries` nonces per extranonce × 16 extranonces.
     pub fn generate_block_quick(&self, script: &ScriptBuf, now: u32, max_tries: u32) -> Option<Block> {
@@ -699,7 +707,11 @@ impl DevChain {
         let limit = Target::REGTEST_POW_LIMIT;
         if t.bits != limit.to_compact() {
             let parent_time = self.tip().block.header.time;
-            let gap = 2 * self.params.interval_at(t.height) + 1;
+            let gap = if self.tip_used_allowance() {
+                1
+            } else {
+                2 * self.params.interval_at(t.height) + 1
+            };
             t.cur_time = t.cur_time.max(parent_time.saturating_add(gap));
             t.bits = limit.to_compact();
             t.target = limit;

@@ -8,15 +8,17 @@
 //!   approximation of aserti3-2d (Bitcoin Cash), so the rule is integer-only and deterministic. The result
 //!   is clamped to `[1, powLimit]` and encoded as compact bits; the block must carry exactly those bits.
 //!
-//! **Minimum-difficulty allowance (testnet's rule).** A block whose timestamp is more than `2·T` after
-//! its parent's may carry the minimum difficulty (regtest's powLimit bits, `207fffff`) instead of the
-//! retarget's bits ([`min_difficulty_allowed`]). Such a block is transparent to the retarget: the
-//! next regular block needs the bits the allowance block would have needed (testnet3 walks back the
-//! same way). This is what keeps `generatetoaddress` quick once real miners have raised the
-//! difficulty: it stamps each block `2·T + 1` s after its parent. Timestamps may run at most
-//! [`MAX_FUTURE_BLOCK_TIME_S`] ahead of the wall clock, so at `T = 30` about 118 such blocks fit
-//! ahead of the clock at once (a newcomer's `generatetoaddress 101` does); past that the call waits
-//! for the clock.
+//! **Minimum-difficulty allowance (testnet's rule, and a run of them).** A block whose timestamp is
+//! more than `2·T` after its parent's may carry the minimum difficulty (regtest's powLimit bits,
+//! `207fffff`) instead of the retarget's bits, and so may any block whose parent did and whose
+//! timestamp is after its parent's ([`min_difficulty_allowed`]). Such blocks are transparent to the
+//! retarget's bits: the next regular block needs the bits the first of them would have needed
+//! (testnet3 walks back the same way). This keeps `generatetoaddress` quick once real miners have
+//! raised the difficulty: the first block is stamped `2·T + 1` s after its parent, the rest one
+//! second apart, so 101 blocks run at most about `2·T + 100` s ahead of the clock and real mining
+//! goes on at its difficulty right after (a rule that needed the gap before every block would put
+//! the chain an hour and a half ahead, and the compressed timestamps of the real blocks after it
+//! would ratchet the retarget up for as long).
 //!
 //! A chain of blocks found exactly `T` apart keeps its target; faster blocks make it harder by `1/2`
 //! bit per block at the limit (solvetime 0), slower ones easier. Idle periods raise the target at most
@@ -104,9 +106,18 @@ pub fn subsidy(height: u32) -> Sats {
 }
 
 /// Whether the block at `height` stamped `time` may carry the minimum difficulty: its timestamp is
-/// more than twice the block interval after its parent's (`parent_time`).
-pub fn min_difficulty_allowed(params: &DevParams, height: u32, parent_time: u32, time: u32) -> bool {
-    height >= 2 && u64::from(time) > u64::from(parent_time) + 2 * u64::from(params.interval_at(height))
+/// more than twice the block interval after its parent's (`parent_time`), or its parent carried the
+/// minimum difficulty under this allowance (`parent_allowed`) and it is stamped after its parent.
+pub fn min_difficulty_allowed(
+    params: &DevParams,
+    height: u32,
+    parent_time: u32,
+    parent_allowed: bool,
+    time: u32,
+) -> bool {
+    height >= 2
+        && (u64::from(time) > u64::from(parent_time) + 2 * u64::from(params.interval_at(height))
+            || (parent_allowed && time > parent_time))
 }
 
 /// 2^(frac/65536) · 65536 for `frac` in `0..65536` (aserti3-2d's cubic approximation).

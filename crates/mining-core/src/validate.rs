@@ -10,12 +10,15 @@
 //! hashes the header and compares it with the job's target. Subscription and authorization (step
 //! 1) and what to do with an accepted share (block submission, durability) stay with the caller.
 //!
-//! **One piece of work, one live id, one difficulty.** The same work may be sent again under a new
-//! id (a difficulty change mid-job); [`ShareValidator::issue`] then retires every older id of that
-//! work, so its shares are judged and credited at the newest difficulty only. Were two ids live at
-//! two difficulties, a miner could send each hash under whichever id pays more (the "difficulty
-//! ladder": 1.7× the honest credit with two ids). A late share on a retired id is stale
-//! ([`Reject::JobNotFound`]).
+//! **One piece of work, one live id, one difficulty.** Were the same work live under ids at two
+//! difficulties, a miner could send each hash under whichever id pays more (the "difficulty
+//! ladder": 1.7× the honest credit with two ids). The pool never re-sends the same work (a
+//! difficulty change sends a variant with its own coinbase); a caller that does re-issue it (same
+//! `dedup_id`) has [`ShareValidator::issue`] retire every older id of that work, so its shares are
+//! judged and credited at the newest difficulty only, and a late share on a retired id is stale
+//! ([`Reject::JobNotFound`]). Retiring alone does not stop a ladder climbed one rung after another
+//! (suggest `4d`, send the hashes that meet it, suggest `d`, send the rest): only new work per
+//! difficulty does.
 //!
 //! **Seen once durable.** [`ShareValidator::check`] reserves an accepted submission so a second copy
 //! is a duplicate at once (pipelined copies cannot both pass); a caller that could not make the share

@@ -13,7 +13,7 @@
 //! Suggestions (`mining.suggest_difficulty`, `d=`) are hints: [`Vardiff::set`] moves the difficulty
 //! but keeps the work-based estimate, and a connection whose share rate exceeds
 //! [`VardiffConfig::flood_factor`] × the target rate is raised at once to its estimated ideal (no
-//! minimum interval, no step bound), whatever it suggested. A suggestion therefore buys at most
+//! minimum interval; one step of up to `step_max²`), whatever it suggested. A suggestion therefore buys at most
 //! about [`VardiffConfig::eval_shares`] cheap shares before the difficulty is back where the
 //! hashrate puts it.
 
@@ -171,13 +171,17 @@ impl Vardiff {
             }
             return None;
         }
+        // A flood is raised by up to step_max² at once (a burst right after a window restart cannot
+        // throw the difficulty arbitrarily far); a value past what a difficulty can hold saturates
+        // toward the side it was heading.
         let step = if flood && ratio > 1.0 {
-            ratio
+            ratio.min(self.cfg.step_max * self.cfg.step_max)
         } else {
             ratio.clamp(1.0 / self.cfg.step_max, self.cfg.step_max)
         };
+        let fallback = if step > 1.0 { self.cfg.max } else { self.cfg.min };
         let next = Difficulty::from_f64(cur * step)
-            .unwrap_or(self.cfg.min)
+            .unwrap_or(fallback)
             .max(self.cfg.min)
             .min(self.cfg.max);
         self.restart(now_ms);

@@ -136,6 +136,10 @@ pub struct PoolConfig {
     pub job_refresh_interval: Duration,
     /// Starting difficulty.
     pub initial_difficulty: Difficulty,
+    /// After work was sent, difficulty suggestions (`suggest_difficulty`, `suggest_target`) are
+    /// applied at most this often (5 s); each applied one sends new work, so more would only cost
+    /// the pool CPU. Others are answered `true` and ignored.
+    pub suggest_interval: Duration,
     /// Vardiff settings (floor and ceiling included).
     pub vardiff: VardiffConfig,
 }
@@ -185,6 +189,7 @@ impl PoolConfig {
             jobs_kept: 16,
             job_refresh_interval: Duration::from_secs(30),
             initial_difficulty: Difficulty::from_int(1),
+            suggest_interval: Duration::from_secs(5),
             vardiff: VardiffConfig::default(),
         }
     }

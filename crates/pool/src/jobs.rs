@@ -116,6 +116,31 @@ impl Job {
         if let Some(c) = map.get(script) {
             return Ok(c.clone());
         }
+        let c = Arc::new(self.build_coinbase(script, &self.tag, self.id)?);
+        if map.len() >= COINBASES_PER_JOB_MAX {
+            map.clear(); // bounded: rebuilt on demand (a cost, never a wrong answer)
+        }
+        map.insert(script.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// A variant of the job for one connection, under job id `variant` (a fresh id from
+    /// [`NEXT_JOB_ID`]): the same template and outputs, with `variant` added to the coinbase tag, so
+    /// it is *different work*. The pool sends it when a connection's difficulty changes mid-job: new
+    /// work at the new difficulty, while the work already sent keeps its own difficulty. (Re-sending
+    /// the same work at a second difficulty would let a miner choose, hash by hash, which difficulty
+    /// to be credited at.) Not cached: difficulty changes are rare and rate-limited.
+    pub fn coinbase_variant(
+        &self,
+        script: &ScriptBuf,
+        variant: u64,
+    ) -> Result<Arc<JobCoinbase>, CoinbaseError> {
+        let mut tag = self.tag.clone();
+        tag.extend_from_slice(&job_tag(variant));
+        Ok(Arc::new(self.build_coinbase(script, &tag, variant)?))
+    }
+
+    fn build_coinbase(&self, script: &ScriptBuf, tag: &[u8], id: u64) -> Result<JobCoinbase, CoinbaseError> {
         let t = &self.template;
         let to_payees: u64 = self
             .payees
@@ -133,7 +158,7 @@ impl Job {
         let split = coinbase::split(&CoinbaseSpec {
             height: t.height,
             aux: &t.coinbase_aux,
-            tag: &self.tag,
+            tag,
             extranonce_len: EXTRANONCE1_BYTES + EXTRANONCE2_BYTES,
             outputs,
             coinbase_value: t.coinbase_value,
@@ -151,7 +176,7 @@ impl Job {
         )
         .map_err(|_| CoinbaseError::NoOutputs)?;
         let notify = Notify {
-            job_id: self.id.to_string(),
+            job_id: id.to_string(),
             prevhash: mining_core::prevhash_to_stratum(&prev),
             coinb1: split.coinb1,
             coinb2: split.coinb2,
@@ -168,16 +193,11 @@ impl Job {
             })
             .to_line()
         });
-        let c = Arc::new(JobCoinbase {
+        Ok(JobCoinbase {
             prepared,
             notify,
             lines,
-        });
-        if map.len() >= COINBASES_PER_JOB_MAX {
-            map.clear(); // bounded: rebuilt on demand (a cost, never a wrong answer)
-        }
-        map.insert(script.clone(), c.clone());
-        Ok(c)
+        })
     }
 }
 

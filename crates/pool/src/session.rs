@@ -82,6 +82,8 @@ pub struct Session {
     invalid_streak: u32,
     /// When the connection first authorized (unix ms): its workers' hashrate window starts here.
     authorized_ms: u64,
+    /// When a difficulty suggestion was last applied.
+    last_suggest_ms: Option<u64>,
     /// Accepted shares on this connection.
     pub accepted: u64,
     /// Best achieved difficulty on this connection.
@@ -104,6 +106,7 @@ impl Session {
             validator: ShareValidator::new(shared.cfg.jobs_kept, EXTRANONCE2_BYTES),
             invalid_streak: 0,
             authorized_ms: now_ms,
+            last_suggest_ms: None,
             accepted: 0,
             best: Difficulty::MIN,
         }
@@ -158,12 +161,12 @@ impl Session {
             ClientRequest::Authorize { user, password } => self.authorize(shared, &user, &password, now_ms),
             ClientRequest::SuggestDifficulty(d) => {
                 if let Ok(d) = Difficulty::from_f64(d) {
-                    self.vardiff.set(d, now_ms);
+                    self.suggest(shared, d, now_ms);
                 }
                 Ok(json!(true))
             }
             ClientRequest::SuggestTarget(t) => {
-                self.vardiff.set(t.difficulty(), now_ms);
+                self.suggest(shared, t.difficulty(), now_ms);
                 Ok(json!(true))
             }
             ClientRequest::ExtranonceSubscribe => {
@@ -265,7 +268,7 @@ impl Session {
                     .map_err(|_| ())
                     .and_then(|f| Difficulty::from_f64(f).map_err(|_| ()))
                 {
-                    self.vardiff.set(d, now_ms);
+                    self.suggest(shared, d, now_ms);
                 }
             }
         }
@@ -284,6 +287,23 @@ impl Session {
         self.address = Some((addr.to_string(), parsed.script_pubkey()));
         self.workers.insert(worker.to_string());
         Ok(json!(true))
+    }
+
+    /// A difficulty suggestion (`suggest_difficulty`, `suggest_target`, `d=`): a hint, applied at
+    /// once before work is sent and at most once per [`crate::PoolConfig::suggest_interval`] after
+    /// (each applied change sends new work); others are answered `true` and ignored.
+    fn suggest(&mut self, shared: &Shared, d: Difficulty, now_ms: u64) {
+        if self.sent_difficulty.is_some() {
+            let every = u64::try_from(shared.cfg.suggest_interval.as_millis()).unwrap_or(u64::MAX);
+            if self
+                .last_suggest_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) < every)
+            {
+                return;
+            }
+            self.last_suggest_ms = Some(now_ms);
+        }
+        self.vardiff.set(d, now_ms);
     }
 
     /// The connection's extranonce1.
@@ -373,7 +393,7 @@ impl Session {
             && self
                 .validator
                 .newest()
-                .is_some_and(|j| j.dedup_id == job.id && j.difficulty == d)
+                .is_some_and(|j| j.payload.job.id == job.id && j.difficulty == d)
         {
             return Vec::new();
         }
@@ -382,18 +402,24 @@ impl Session {
             self.sent_difficulty = Some(d);
         }
         // First send of this job on this connection: the shared, preformatted line with the global id.
-        // A re-send (new difficulty on the same job) needs its own id, from the same global counter.
+        // A re-send (a new difficulty, a new extranonce1) is new work: a variant of the job whose
+        // coinbase carries its own id (from the same global counter), so the work sent before keeps
+        // its own difficulty and no hash can be credited at a difficulty of the miner's choosing.
         let first_send = !fresh_id && (clean || !self.validator.has_dedup_id(job.id));
-        let id = if first_send {
+        let (id, cb) = if first_send {
             lines.push(cb.lines[usize::from(clean)].clone());
-            job.id
+            (job.id, cb)
         } else {
             let id = crate::jobs::NEXT_JOB_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut n = cb.notify.clone();
-            n.job_id = id.to_string();
-            n.clean_jobs = clean;
-            lines.push(ServerMessage::Notify(n).to_line());
-            id
+            let v = match job.coinbase_variant(&script, id) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build a coinbase variant");
+                    return Vec::new();
+                }
+            };
+            lines.push(v.lines[usize::from(clean)].clone());
+            (id, v)
         };
         let prefix = cb.prepared.prefix(&self.en1);
         let target = match self.target_cache {
@@ -407,7 +433,7 @@ impl Session {
         self.validator.issue(
             IssuedJob {
                 id,
-                dedup_id: job.id,
+                dedup_id: id,
                 prefix,
                 min_time: job.template.min_time,
                 difficulty: d,
@@ -508,7 +534,7 @@ impl Session {
                         .coinbase_bytes(&self.en1, &s.extranonce2),
                     a.check.header,
                     a.is_block,
-                    a.job.dedup_id,
+                    a.job.payload.job.id,
                     a.job.difficulty,
                     a.check.achieved_difficulty(),
                     a.reservation,
