@@ -92,11 +92,11 @@ pub fn orchestrate(b: PoolBench) -> anyhow::Result<()> {
             &(connections + 100).to_string(),
             "--dev-rpc-listen",
             "127.0.0.1:0",
-            "--dev-rpc-auth",
-            "bench:bench",
             "--data-dir",
         ])
         .arg(&dir)
+        // the secret through the environment, as serve asks (a flag would show in `ps`)
+        .env("CLOUDMINE_DEV_RPC_AUTH", "bench:bench")
         .env("CLOUDMINE_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()?;

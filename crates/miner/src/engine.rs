@@ -241,11 +241,17 @@ fn hash_thread(s: &Shared, i: usize) {
                     match s.found.try_send(f) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
-                            s.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                limit = FOUND_QUEUE_MAX,
-                                "share queue full (FOUND_QUEUE_MAX); share dropped"
-                            );
+                            let n = s.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            // Said at the 1st, 2nd, 4th, 8th… drop (a young dev chain, where every
+                            // hash is a share, would otherwise print thousands of lines); the
+                            // summary at exit has the total.
+                            if n.is_power_of_two() {
+                                tracing::warn!(
+                                    limit = FOUND_QUEUE_MAX,
+                                    dropped = n,
+                                    "share queue full (FOUND_QUEUE_MAX); shares dropped so far"
+                                );
+                            }
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
