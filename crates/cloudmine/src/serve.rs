@@ -26,6 +26,11 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 20_000;
 /// API (256 connections) and dev RPC (64), Core RPC and ZMQ sockets, the block file, logs.
 pub const FDS_RESERVED: u64 = 512;
 
+/// Soft open-files limit asked for when the hard limit is unlimited (Linux's default `nr_open`).
+pub const NOFILE_UNLIMITED_TARGET: u64 = 1_048_576;
+/// Fewest Stratum connections serve starts with.
+pub const CONNECTIONS_MIN: usize = 64;
+
 /// Raises the soft open-files limit to the hard one and fits the Stratum connection cap inside it:
 /// an explicit `--connections-max` that cannot fit is refused; the default is lowered to what fits,
 /// and said so.
@@ -33,17 +38,23 @@ fn fit_connections(asked: Option<usize>) -> anyhow::Result<usize> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let cur = getrlimit(Resource::Nofile);
     let mut soft = cur.current.unwrap_or(u64::MAX);
-    if cur.current.is_some() && cur.current != cur.maximum {
+    // An unlimited hard limit cannot be the soft one for open files (Linux caps it at nr_open).
+    let target = cur.maximum.unwrap_or(NOFILE_UNLIMITED_TARGET);
+    if cur.current.is_some_and(|c| c < target) {
         let raised = Rlimit {
-            current: cur.maximum,
+            current: Some(target),
             maximum: cur.maximum,
         };
         match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => soft = cur.maximum.unwrap_or(u64::MAX),
-            Err(e) => eprintln!("warning: could not raise the open-files limit from {soft}: {e}"),
+            Ok(()) => soft = target,
+            Err(e) => eprintln!("warning: could not raise the open-files limit from {soft} to {target}: {e}"),
         }
     }
     let room = usize::try_from(soft.saturating_sub(FDS_RESERVED)).unwrap_or(usize::MAX);
+    anyhow::ensure!(
+        room >= CONNECTIONS_MIN,
+        "the open-files limit {soft} leaves room for {room} Stratum connections beside {FDS_RESERVED} reserved files (at least {CONNECTIONS_MIN} needed): raise it (ulimit -n)"
+    );
     match asked {
         Some(n) if n > room => anyhow::bail!(
             "--connections-max {n} does not fit the open-files limit: this process may open {soft} files and keeps {FDS_RESERVED} for databases, HTTP and RPC, so at most {room} Stratum connections; lower --connections-max or raise the hard limit (ulimit -Hn)"
@@ -337,6 +348,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut rpc_task = None;
+    let rpc_stop = tokio_util::sync::CancellationToken::new();
     let (backend, network) = match args.chain {
         ChainKind::Dev => {
             let dir = args.data_dir.clone();
@@ -365,12 +377,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("binding {listen}"))?;
                 println!("dev chain JSON-RPC on http://{}", l.local_addr()?);
                 let handler: Arc<dyn server::RpcHandler> = Arc::new(DevRpc::new(node.clone()));
-                rpc_task = Some(tokio::spawn(server::serve(
-                    l,
-                    handler,
-                    creds,
-                    std::future::pending(),
-                )));
+                let stop = rpc_stop.clone();
+                rpc_task = Some(tokio::spawn(server::serve(l, handler, creds, async move {
+                    stop.cancelled().await;
+                })));
             }
             (Backend::Dev(node), Network::Regtest)
         }
@@ -537,8 +547,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = status {
         s.abort();
     }
+    rpc_stop.cancel();
     if let Some(r) = rpc_task {
-        r.abort();
+        // open RPC connections finish their request (core_rpc::http::SHUTDOWN_GRACE), then close
+        let _ = tokio::time::timeout(core_rpc::http::SHUTDOWN_GRACE + Duration::from_secs(1), r).await;
     }
     if let Some(p) = cookie {
         let _ = std::fs::remove_file(p);

@@ -218,17 +218,23 @@ async fn settle_blocks(
     backend: &chain::Backend,
     after: i64,
 ) -> Result<i64, String> {
-    let rows =
-        sqlx::query("SELECT id, hash FROM blocks WHERE id > ? AND fate = 'accepted' ORDER BY id LIMIT 200")
-            .bind(after)
-            .fetch_all(log)
-            .await
-            .map_err(|e| format!("share log: {e}"))?;
+    let rows = sqlx::query(
+        "SELECT id, hash, fate FROM blocks WHERE id > ? AND fate IN ('accepted', ?) ORDER BY id LIMIT 200",
+    )
+    .bind(after)
+    .bind(crate::share_log::FATE_SUBMITTING)
+    .fetch_all(log)
+    .await
+    .map_err(|e| format!("share log: {e}"))?;
     let mut pos = after;
     let mut all_settled = true;
     for r in rows {
         let id: i64 = r.try_get(0).map_err(|e| e.to_string())?;
         let hash: String = r.try_get(1).map_err(|e| e.to_string())?;
+        let fate: String = r.try_get(2).map_err(|e| e.to_string())?;
+        if fate == crate::share_log::FATE_SUBMITTING {
+            break; // its fate is not known yet: the cursor waits here
+        }
         match settle_block(ledger, backend, &hash).await? {
             Settlement::Pending(_) => all_settled = false,
             Settlement::NotCredited | Settlement::Matured | Settlement::Orphaned => {
@@ -537,9 +543,10 @@ async fn credit_blocks(
     ingested: i64,
 ) -> Result<i64, String> {
     let rows = sqlx::query(
-        "SELECT id, hash, height, block, ts_ms FROM blocks WHERE id > ? AND fate = 'accepted' ORDER BY id LIMIT 100",
+        "SELECT id, hash, height, block, ts_ms, fate FROM blocks WHERE id > ? AND fate IN ('accepted', ?) ORDER BY id LIMIT 100",
     )
     .bind(after)
+    .bind(crate::share_log::FATE_SUBMITTING)
     .fetch_all(log)
     .await
     .map_err(|e| format!("share log: {e}"))?;
@@ -550,6 +557,10 @@ async fn credit_blocks(
         let height: i64 = r.try_get(2).map_err(|e| e.to_string())?;
         let raw: Vec<u8> = r.try_get(3).map_err(|e| e.to_string())?;
         let logged_ms: i64 = r.try_get(4).map_err(|e| e.to_string())?;
+        let fate: String = r.try_get(5).map_err(|e| e.to_string())?;
+        if fate == crate::share_log::FATE_SUBMITTING {
+            break; // submitted, answer not logged yet: credit nothing past it until it is
+        }
         let b = LoggedBlock {
             hash: &hash,
             height,

@@ -30,3 +30,12 @@ pub mod stats;
 
 pub use config::{PayoutScheme, PoolConfig};
 pub use server::{Pool, PoolStats};
+
+/// Test hook: when the environment variable `CLOUDMINE_FAILPOINT` names this point, the process
+/// aborts there (as `kill -9` would), so tests can crash a real process at an exact step.
+pub fn failpoint(name: &str) {
+    if std::env::var("CLOUDMINE_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}

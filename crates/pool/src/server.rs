@@ -137,6 +137,7 @@ impl Pool {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         crate::jobs::NEXT_JOB_ID.fetch_max(logged.saturating_add(1), Ordering::Relaxed);
+        settle_block_intents(&log, &backend).await;
         let (jobs_tx, jobs_rx) = watch::channel(Arc::new(JobSet::default()));
         let cfg_payees = cfg.payee_rule().map(|r| (r, PlanSlot::default()));
         let token = CancellationToken::new();
@@ -314,6 +315,40 @@ impl Shared {
             if !boxes.contains_key(&en1) {
                 return en1;
             }
+        }
+    }
+}
+
+/// Blocks logged as submitted whose fate was not (the process stopped in between): each is
+/// submitted again from its logged bytes (a duplicate is harmless) and its fate recorded: `accepted`
+/// if the chain has it, the chain's reason otherwise. Accounting waits at such a row until then.
+async fn settle_block_intents(log: &ShareLog, backend: &Backend) {
+    let rows = match log.submitting_blocks().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "block intents not read; accounting waits at them");
+            return;
+        }
+    };
+    for (hash, raw) in rows {
+        let fate = match bitcoin::consensus::deserialize::<bitcoin::Block>(&raw) {
+            Err(e) => format!("unreadable logged block: {e}"),
+            Ok(block) => {
+                let h = block.block_hash();
+                let _ = backend.submit_block(block).await;
+                match backend.confirmations(&h).await {
+                    Ok(Some(_)) => "accepted".to_string(),
+                    Ok(None) => "not in the best chain after restart".to_string(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %hash, "block intent not settled (chain unavailable); accounting waits at it");
+                        continue;
+                    }
+                }
+            }
+        };
+        tracing::info!(%hash, %fate, "block intent from before the restart settled");
+        if let Err(e) = log.set_block_fate(&hash, &fate).await {
+            tracing::error!(error = %e, %hash, "block intent's fate not recorded");
         }
     }
 }

@@ -541,17 +541,15 @@ impl Session {
                 ),
                 Err(r) => return Err((reject_code(&r), r.to_string())),
             };
-        // 7. a block goes to the chain before anything else
-        if is_block {
-            self.found_block(shared, &job, &coinbase, &header, &address, now_ms)
-                .await;
-        }
-        // 8. durable, then reply; but not past the accounting backlog bound (the ledger is down)
-        // (a block share was already submitted and recorded: it is always acknowledged).
+        // 7. not past the accounting backlog bound (the ledger is down); a block share always goes on
         if !is_block && shared.stats.ledger_backlog.load(Ordering::Relaxed) >= shared.cfg.ledger_backlog_max {
             self.validator.release(reservation);
             return Err((code::OTHER, BACKLOG_FULL.into()));
         }
+        // 8. queued for the group commit; the reply waits for it. A block share is queued before its
+        // block's intent row, and the single writer commits in queue order, so once the intent is
+        // durable the share is too: a crash after the chain took the block loses neither (accounting
+        // finds the block's window through its share row).
         let rec = ShareRecord {
             ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
             address: address.clone(),
@@ -563,7 +561,13 @@ impl Session {
             header,
             is_block,
         };
-        let committed = match shared.log.enqueue_share(rec).await {
+        let queued = shared.log.enqueue_share(rec).await;
+        // 9. a block goes to the chain (never held back by the log)
+        if is_block {
+            self.found_block(shared, &job, &coinbase, &header, &address, now_ms)
+                .await;
+        }
+        let committed = match queued {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "share log unavailable; answering with an error so the miner keeps the share");
@@ -601,27 +605,42 @@ impl Session {
         };
         let hash = block.block_hash();
         let bytes = bitcoin::consensus::serialize(&block);
+        // The intent first, durably: a crash after the chain took the block but before its fate is
+        // logged leaves a row that `Pool::start` settles against the chain, never a lost credit.
+        // (If the log cannot take it, the block still goes to the chain: a block is never held back.)
+        let mut rec = BlockRecord {
+            ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+            height: job.template.height,
+            hash: hash.to_string(),
+            finder: finder.to_string(),
+            block: bytes,
+            fate: crate::share_log::FATE_SUBMITTING.to_string(),
+        };
+        let intent = shared.log.append_block(rec.clone()).await;
+        if let Err(e) = &intent {
+            tracing::error!(error = %e, %hash, "block intent not recorded; submitting it anyway");
+        }
         let fate = match shared.backend.submit_block(block).await {
             Ok(chain::BlockFate::Accepted) => "accepted".to_string(),
             Ok(chain::BlockFate::Rejected(r)) => r,
             Err(e) => format!("submit-failed: {e}"),
         };
+        crate::failpoint("block-submitted");
         tracing::info!(height = job.template.height, %hash, %fate, finder, "block found");
         if fate == "accepted" {
             shared.stats.blocks.fetch_add(1, Ordering::Relaxed);
         } else {
             shared.stats.blocks_rejected.fetch_add(1, Ordering::Relaxed);
         }
-        let rec = BlockRecord {
-            ts_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
-            height: job.template.height,
-            hash: hash.to_string(),
-            finder: finder.to_string(),
-            block: bytes,
-            fate,
+        let logged = match intent {
+            Ok(()) => shared.log.set_block_fate(&rec.hash, &fate).await,
+            Err(_) => {
+                rec.fate = fate;
+                shared.log.append_block(rec).await
+            }
         };
-        if let Err(e) = shared.log.append_block(rec).await {
-            tracing::error!(error = %e, %hash, "found block not recorded in the share log (it was submitted to the chain)");
+        if let Err(e) = logged {
+            tracing::error!(error = %e, %hash, "found block's fate not recorded (it was submitted to the chain; the next start settles it)");
         }
     }
 

@@ -65,9 +65,15 @@ pub struct BlockRecord {
     pub finder: String,
     /// The serialized block.
     pub block: Vec<u8>,
+    /// [`FATE_SUBMITTING`] (the intent, written before the block goes to the chain), then
     /// `accepted` or the node's reject reason.
     pub fate: String,
 }
+
+/// A block row's fate from its intent until the chain answered: written (durably) before the block
+/// is submitted, so a crash between the submission and the answer never loses the block's credit;
+/// `Pool::start` settles such rows against the chain ([`crate::Pool::start`]).
+pub const FATE_SUBMITTING: &str = "submitting";
 
 /// A job as issued: what a PPS/FPPS credit for its shares is computed from (written once per job,
 /// before any share of it can be acknowledged). The row also gets `shares_before`, the newest share
@@ -239,6 +245,36 @@ impl ShareLog {
     /// Appends a block and waits until it is committed.
     pub async fn append_block(&self, r: BlockRecord) -> Result<(), LogError> {
         self.submit(Record::Block(r)).await
+    }
+
+    /// Records the chain's answer for a block whose intent row ([`FATE_SUBMITTING`]) is logged.
+    pub async fn set_block_fate(&self, hash: &str, fate: &str) -> Result<(), LogError> {
+        sqlx::query("UPDATE blocks SET fate = ? WHERE hash = ? AND fate = ?")
+            .bind(fate)
+            .bind(hash)
+            .bind(FATE_SUBMITTING)
+            .execute(&self.db)
+            .await
+            .map(|_| ())
+            .map_err(|e| LogError(e.to_string()))
+    }
+
+    /// Blocks whose intent was logged but whose fate was not (a crash between the two): (hash,
+    /// serialized block).
+    pub async fn submitting_blocks(&self) -> Result<Vec<(String, Vec<u8>)>, LogError> {
+        let rows = sqlx::query("SELECT hash, block FROM blocks WHERE fate = ? ORDER BY id")
+            .bind(FATE_SUBMITTING)
+            .fetch_all(&self.db)
+            .await
+            .map_err(|e| LogError(e.to_string()))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(|e| LogError(e.to_string()))?,
+                    r.try_get(1).map_err(|e| LogError(e.to_string()))?,
+                ))
+            })
+            .collect()
     }
 
     async fn submit(&self, r: Record) -> Result<(), LogError> {

@@ -827,3 +827,67 @@ fn serve_refuses_payout_flags_that_do_not_fit_with_a_clear_error() {
         assert!(!err.contains("panicked"), "{extra:?}: {err}");
     }
 }
+
+/// A block the chain took while the pool crashed before logging its fate (abort right after the
+/// submission, like `kill -9`) is not lost: its intent row was durable before the submission, the
+/// restart settles it against the chain, and accounting credits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_submitted_just_before_a_crash_is_credited_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), Some("block-submitted"));
+    let m = miner(&s.stratum, &format!("{ALICE}.a"));
+    let mut proc = s.proc;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = proc.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "no block found within 120 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "serve aborted at the failpoint: {status:?}");
+    drop(m);
+    // The intent is in the share log; the block is in the dev chain.
+    let hash = {
+        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+            .await
+            .unwrap();
+        let blocks = log.blocks().await.unwrap();
+        let (hash, fate) = blocks.last().cloned().unwrap();
+        assert_eq!(fate, pool::share_log::FATE_SUBMITTING, "{blocks:?}");
+        hash
+    };
+    {
+        let c = devchain::DevChain::open(dir.path(), 30).unwrap();
+        let h: bitcoin::BlockHash = hash.parse().unwrap();
+        assert!(
+            c.by_hash(&h).is_some(),
+            "the chain took the block before the crash"
+        );
+    }
+    // Restart: the intent is settled and the block credited.
+    let s = serve(dir.path(), None);
+    let key = format!("block:{hash}");
+    let ledger_url = dir.path().join("ledger.sqlite").to_string_lossy().into_owned();
+    wait_for("the crashed block credited", 60, || {
+        let (url, key) = (ledger_url.clone(), key.clone());
+        async move {
+            let Ok(l) = ledger::Ledger::open(&url).await else {
+                return false;
+            };
+            let found = l.last_key_with_prefix("block:").await.ok().flatten() == Some(key);
+            l.close().await;
+            found
+        }
+    })
+    .await;
+    let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+        .await
+        .unwrap();
+    let blocks = log.blocks().await.unwrap();
+    assert!(
+        blocks.iter().any(|(h, f)| *h == hash && f == "accepted"),
+        "{blocks:?}"
+    );
+    drop(s);
+}
