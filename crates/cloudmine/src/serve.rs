@@ -548,9 +548,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         s.abort();
     }
     rpc_stop.cancel();
-    if let Some(r) = rpc_task {
+    if let Some(mut r) = rpc_task {
         // open RPC connections finish their request (core_rpc::http::SHUTDOWN_GRACE), then close
-        let _ = tokio::time::timeout(core_rpc::http::SHUTDOWN_GRACE + Duration::from_secs(1), r).await;
+        if tokio::time::timeout(core_rpc::http::SHUTDOWN_GRACE + Duration::from_secs(1), &mut r)
+            .await
+            .is_err()
+        {
+            r.abort();
+        }
     }
     if let Some(p) = cookie {
         let _ = std::fs::remove_file(p);

@@ -135,8 +135,9 @@ impl Job {
         script: &ScriptBuf,
         variant: u64,
     ) -> Result<Arc<JobCoinbase>, CoinbaseError> {
+        // Eight bytes, fixed: `tag ‖ job id ‖ variant` can never read as another job's `tag ‖ job id`.
         let mut tag = self.tag.clone();
-        tag.extend_from_slice(&job_tag(variant));
+        tag.extend_from_slice(&variant.to_le_bytes());
         Ok(Arc::new(self.build_coinbase(script, &tag, variant)?))
     }
 

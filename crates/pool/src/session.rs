@@ -84,6 +84,8 @@ pub struct Session {
     authorized_ms: u64,
     /// When a difficulty suggestion was last applied.
     last_suggest_ms: Option<u64>,
+    /// The newest global job sent under its own id on this connection (see `send_work`).
+    newest_global_sent: u64,
     /// Accepted shares on this connection.
     pub accepted: u64,
     /// Best achieved difficulty on this connection.
@@ -107,6 +109,7 @@ impl Session {
             invalid_streak: 0,
             authorized_ms: now_ms,
             last_suggest_ms: None,
+            newest_global_sent: 0,
             accepted: 0,
             best: Difficulty::MIN,
         }
@@ -397,30 +400,34 @@ impl Session {
         {
             return Vec::new();
         }
-        if self.sent_difficulty != Some(d) {
-            lines.push(ServerMessage::SetDifficulty(d.to_f64()).to_line());
-            self.sent_difficulty = Some(d);
-        }
         // First send of this job on this connection: the shared, preformatted line with the global id.
         // A re-send (a new difficulty, a new extranonce1) is new work: a variant of the job whose
         // coinbase carries its own id (from the same global counter), so the work sent before keeps
         // its own difficulty and no hash can be credited at a difficulty of the miner's choosing.
-        let first_send = !fresh_id && (clean || !self.validator.has_dedup_id(job.id));
+        // "First" is judged by the newest global job ever sent here, not by the validator's kept
+        // jobs: once variants pushed a job out of them, sending it again under its own id would
+        // bring back its work with an empty duplicate set.
+        let first_send = !fresh_id && (clean || job.id > self.newest_global_sent);
         let (id, cb) = if first_send {
-            lines.push(cb.lines[usize::from(clean)].clone());
             (job.id, cb)
         } else {
             let id = crate::jobs::NEXT_JOB_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let v = match job.coinbase_variant(&script, id) {
-                Ok(v) => v,
+            match job.coinbase_variant(&script, id) {
+                Ok(v) => (id, v),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot build a coinbase variant");
                     return Vec::new();
                 }
-            };
-            lines.push(v.lines[usize::from(clean)].clone());
-            (id, v)
+            }
         };
+        if first_send {
+            self.newest_global_sent = self.newest_global_sent.max(job.id);
+        }
+        if self.sent_difficulty != Some(d) {
+            lines.push(ServerMessage::SetDifficulty(d.to_f64()).to_line());
+            self.sent_difficulty = Some(d);
+        }
+        lines.push(cb.lines[usize::from(clean)].clone());
         let prefix = cb.prepared.prefix(&self.en1);
         let target = match self.target_cache {
             Some((cd, t)) if cd == d => t,
@@ -623,7 +630,11 @@ impl Session {
         let fate = match shared.backend.submit_block(block).await {
             Ok(chain::BlockFate::Accepted) => "accepted".to_string(),
             Ok(chain::BlockFate::Rejected(r)) => r,
-            Err(e) => format!("submit-failed: {e}"),
+            // The node may have taken it all the same (a timeout after the submission): ask.
+            Err(e) => match shared.backend.confirmations(&hash).await {
+                Ok(Some(_)) => "accepted".to_string(),
+                _ => format!("submit-failed: {e}"),
+            },
         };
         crate::failpoint("block-submitted");
         tracing::info!(height = job.template.height, %hash, %fate, finder, "block found");

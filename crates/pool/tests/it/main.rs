@@ -1712,3 +1712,37 @@ async fn bans_expire_and_leave_the_table() {
     assert_eq!(h.pool.bans_len(), 0, "the expired ban left the table");
     h.pool.shutdown().await;
 }
+
+/// Difficulty changes push a job's first id out of the kept jobs; the next change must still send a
+/// variant (new work), never the job again under its own id, which would come back with an empty
+/// duplicate set: a share already credited under it is never credited again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_pushed_out_by_its_variants_is_not_sent_again_under_its_id() {
+    let h = harness(|c| {
+        c.job_refresh_interval = Duration::from_secs(3600);
+        c.jobs_kept = 3;
+        c.suggest_interval = Duration::ZERO;
+        c.vardiff.min = Difficulty::from_f64(2f64.powi(-22)).unwrap();
+        c.vardiff.max = Difficulty::from_f64(2f64.powi(-14)).unwrap();
+    })
+    .await;
+    test_support::harden_dev_chain(&h.node, 1e-3).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.again");
+    m.handshake(&user).await;
+    // the job as first sent, under its own (global) id
+    let first = m.job.clone().unwrap();
+    let (p, _) = m.find_plain_share(&user);
+    assert_eq!(verdict(&m.submit(json!(4), &p).await), Ok(()));
+    let mut ids = vec![first.job_id.clone()];
+    for (i, e) in [-21, -22, -21, -22, -21, -22].iter().enumerate() {
+        let j = ask(&mut m, 10 + i as u32, 2f64.powi(*e)).await;
+        assert_eq!(j.prevhash, first.prevhash);
+        assert!(!ids.contains(&j.job_id), "job id {} sent twice", j.job_id);
+        ids.push(j.job_id);
+    }
+    // the first share, sent again under the first id: never a second credit
+    let r = m.submit(json!(99), &p).await;
+    assert!(verdict(&r).is_err(), "a share credited twice: {r}");
+    h.pool.shutdown().await;
+}
