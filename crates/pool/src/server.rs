@@ -47,6 +47,12 @@ pub const FEE_REREAD_DEPTH: u32 = 3;
 /// closed ("output over limit"). Together with [`PoolConfig::write_timeout`] this bounds what a peer
 /// that never reads can hold.
 pub const OUTGOING_BYTES_MAX: usize = 1 << 20;
+/// A block intent whose fate is still unknown this long after it was logged is settled against the
+/// chain at the next new tip (its own submission has long had its answer, or lost it).
+pub const BLOCK_INTENT_SETTLE_AFTER: Duration = Duration::from_secs(60);
+/// Longest a found block waits for its intent row to be durable before it is submitted anyway (a
+/// block is never held back by a stalled disk; its fate is then settled like a crash's).
+pub const BLOCK_INTENT_WAIT: Duration = Duration::from_secs(1);
 /// Most addresses in the ban table (see `Shared::ban`).
 pub const BANS_MAX: usize = 100_000;
 /// How often connections run their vardiff check.
@@ -137,7 +143,7 @@ impl Pool {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         crate::jobs::NEXT_JOB_ID.fetch_max(logged.saturating_add(1), Ordering::Relaxed);
-        settle_block_intents(&log, &backend).await;
+        settle_block_intents(&log, &backend, i64::MAX).await;
         let (jobs_tx, jobs_rx) = watch::channel(Arc::new(JobSet::default()));
         let cfg_payees = cfg.payee_rule().map(|r| (r, PlanSlot::default()));
         let token = CancellationToken::new();
@@ -319,11 +325,13 @@ impl Shared {
     }
 }
 
-/// Blocks logged as submitted whose fate was not (the process stopped in between): each is
-/// submitted again from its logged bytes (a duplicate is harmless) and its fate recorded: `accepted`
-/// if the chain has it, the chain's reason otherwise. Accounting waits at such a row until then.
-async fn settle_block_intents(log: &ShareLog, backend: &Backend) {
-    let rows = match log.submitting_blocks().await {
+/// Blocks logged as submitted at or before `logged_before_ms` whose fate was not (the process
+/// stopped in between, the fate write failed, the chain was unreachable): each is submitted again
+/// from its logged bytes (a duplicate is harmless) and its fate recorded: `accepted` if the chain has
+/// it, the chain's reason otherwise. Accounting waits at such a row until then. Run at start (every
+/// row) and after each new tip (rows older than [`BLOCK_INTENT_SETTLE_AFTER`]).
+async fn settle_block_intents(log: &ShareLog, backend: &Backend, logged_before_ms: i64) {
+    let rows = match log.submitting_blocks(logged_before_ms).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "block intents not read; accounting waits at them");
@@ -499,6 +507,8 @@ async fn templates(shared: Arc<Shared>, tx: watch::Sender<Arc<JobSet>>, token: C
                 // After the clean job went out (its E[F] ends one block earlier): the new block's
                 // fees, and those of the few below it a short reorganisation may have replaced.
                 learn_block_fees(&shared, height.saturating_sub(FEE_REREAD_DEPTH - 1), height).await;
+                let before = now_ms().saturating_sub(u64::try_from(BLOCK_INTENT_SETTLE_AFTER.as_millis()).unwrap_or(u64::MAX));
+                settle_block_intents(&shared.log, &shared.backend, i64::try_from(before).unwrap_or(i64::MAX)).await;
             }
             _ = refresh.tick() => refresh_once(&shared, &tx, false).await,
         }

@@ -623,9 +623,23 @@ impl Session {
             block: bytes,
             fate: crate::share_log::FATE_SUBMITTING.to_string(),
         };
-        let intent = shared.log.append_block(rec.clone()).await;
-        if let Err(e) = &intent {
-            tracing::error!(error = %e, %hash, "block intent not recorded; submitting it anyway");
+        let intent = match tokio::time::timeout(
+            crate::server::BLOCK_INTENT_WAIT,
+            shared.log.append_block(rec.clone()),
+        )
+        .await
+        {
+            Ok(r) => r.map(|()| true),
+            // Queued but not yet durable: submit anyway; the intent commits later and is settled
+            // at a new tip (BLOCK_INTENT_SETTLE_AFTER) if the fate below finds no row to update.
+            Err(_) => Ok(false),
+        };
+        match &intent {
+            Err(e) => tracing::error!(error = %e, %hash, "block intent not recorded; submitting it anyway"),
+            Ok(false) => {
+                tracing::warn!(%hash, "block intent not durable within BLOCK_INTENT_WAIT; submitting it anyway")
+            }
+            Ok(true) => {}
         }
         let fate = match shared.backend.submit_block(block).await {
             Ok(chain::BlockFate::Accepted) => "accepted".to_string(),
@@ -644,8 +658,12 @@ impl Session {
             shared.stats.blocks_rejected.fetch_add(1, Ordering::Relaxed);
         }
         let logged = match intent {
-            Ok(()) => shared.log.set_block_fate(&rec.hash, &fate).await,
-            Err(_) => {
+            Ok(true) => shared.log.set_block_fate(&rec.hash, &fate).await,
+            // No intent, or one not known to be queued: a row with the fate (a late intent row is
+            // settled at a new tip; crediting is idempotent on the block hash, so two rows of one
+            // block credit it once).
+            Ok(false) | Err(_) => {
+                let _ = shared.log.set_block_fate(&rec.hash, &fate).await;
                 rec.fate = fate;
                 shared.log.append_block(rec).await
             }

@@ -259,11 +259,12 @@ impl ShareLog {
             .map_err(|e| LogError(e.to_string()))
     }
 
-    /// Blocks whose intent was logged but whose fate was not (a crash between the two): (hash,
-    /// serialized block).
-    pub async fn submitting_blocks(&self) -> Result<Vec<(String, Vec<u8>)>, LogError> {
-        let rows = sqlx::query("SELECT hash, block FROM blocks WHERE fate = ? ORDER BY id")
+    /// Blocks whose intent was logged at or before `logged_before_ms` (unix ms) but whose fate was
+    /// not (a crash between the two, or a fate write that failed): (hash, serialized block).
+    pub async fn submitting_blocks(&self, logged_before_ms: i64) -> Result<Vec<(String, Vec<u8>)>, LogError> {
+        let rows = sqlx::query("SELECT hash, block FROM blocks WHERE fate = ? AND ts_ms <= ? ORDER BY id")
             .bind(FATE_SUBMITTING)
+            .bind(logged_before_ms)
             .fetch_all(&self.db)
             .await
             .map_err(|e| LogError(e.to_string()))?;

@@ -1746,3 +1746,52 @@ async fn a_job_pushed_out_by_its_variants_is_not_sent_again_under_its_id() {
     assert!(verdict(&r).is_err(), "a share credited twice: {r}");
     h.pool.shutdown().await;
 }
+
+/// A block intent whose fate never got written (the write failed, or the chain was away at start)
+/// does not hold accounting forever: once older than BLOCK_INTENT_SETTLE_AFTER it is settled
+/// against the chain at the next new tip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_block_intent_is_settled_at_a_new_tip() {
+    let h = harness(|_| {}).await;
+    let script = bitcoin::ScriptBuf::new_op_return([]);
+    let mine = |node: &chain::DevNode| {
+        let b = node
+            .lock()
+            .generate_block(&script, chain::dev::now(), u32::MAX)
+            .unwrap();
+        let hash = b.block_hash();
+        let raw = bitcoin::consensus::serialize(&b);
+        assert_eq!(node.submit_block_blocking(b), chain::BlockFate::Accepted);
+        (hash, raw)
+    };
+    let (hash, raw) = mine(&h.node);
+    let old =
+        chain::dev::now() as i64 * 1000 - 2 * pool::server::BLOCK_INTENT_SETTLE_AFTER.as_millis() as i64;
+    h.pool
+        .log()
+        .append_block(pool::share_log::BlockRecord {
+            ts_ms: old,
+            height: 1,
+            hash: hash.to_string(),
+            finder: ADDR.into(),
+            block: raw,
+            fate: pool::share_log::FATE_SUBMITTING.into(),
+        })
+        .await
+        .unwrap();
+    // a new tip: the stuck intent is settled
+    mine(&h.node);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let blocks = h.pool.log().blocks().await.unwrap();
+        if blocks
+            .iter()
+            .any(|(b, f)| *b == hash.to_string() && f == "accepted")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{blocks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.pool.shutdown().await;
+}
