@@ -1648,12 +1648,21 @@ async fn a_peer_that_never_reads_is_closed_after_the_write_timeout() {
     sock.set_recv_buffer_size(4096).unwrap();
     let mut slow = sock.connect(h.pool.local_addr()).await.unwrap();
     let line = "{\"id\":1,\"method\":\"mining.unknown\",\"params\":[]}\n".repeat(1000);
-    let before = h
+    // both connections registered (the accept runs after the client's connect returns)
+    let t = std::time::Instant::now();
+    while h
         .pool
         .stats()
         .connections
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(before, 2);
+        .load(std::sync::atomic::Ordering::Relaxed)
+        != 2
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the slow peer was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = std::time::Instant::now();
     let mut closed = false;
     // Keep writing until the pool gives up on us (its close shows as a write error here).
