@@ -262,20 +262,14 @@ impl ShareLog {
     /// Blocks whose intent was logged at or before `logged_before_ms` (unix ms) but whose fate was
     /// not (a crash between the two, or a fate write that failed): (hash, serialized block).
     pub async fn submitting_blocks(&self, logged_before_ms: i64) -> Result<Vec<(String, Vec<u8>)>, LogError> {
-        let rows = sqlx::query("SELECT hash, block FROM blocks WHERE fate = ? AND ts_ms <= ? ORDER BY id")
-            .bind(FATE_SUBMITTING)
-            .bind(logged_before_ms)
-            .fetch_all(&self.db)
-            .await
-            .map_err(|e| LogError(e.to_string()))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(|e| LogError(e.to_string()))?,
-                    r.try_get(1).map_err(|e| LogError(e.to_string()))?,
-                ))
-            })
-            .collect()
+        sqlx::query_as::<_, (String, Vec<u8>)>(
+            "SELECT hash, block FROM blocks WHERE fate = ? AND ts_ms <= ? ORDER BY id",
+        )
+        .bind(FATE_SUBMITTING)
+        .bind(logged_before_ms)
+        .fetch_all(&self.db)
+        .await
+        .map_err(|e| LogError(e.to_string()))
     }
 
     async fn submit(&self, r: Record) -> Result<(), LogError> {
@@ -310,18 +304,10 @@ impl ShareLog {
 
     /// Hashes (display hex) and fates of logged blocks, oldest first.
     pub async fn blocks(&self) -> Result<Vec<(String, String)>, LogError> {
-        let rows = sqlx::query("SELECT hash, fate FROM blocks ORDER BY id")
+        sqlx::query_as::<_, (String, String)>("SELECT hash, fate FROM blocks ORDER BY id")
             .fetch_all(&self.db)
             .await
-            .map_err(|e| LogError(e.to_string()))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<String, _>(0).map_err(|e| LogError(e.to_string()))?,
-                    r.try_get::<String, _>(1).map_err(|e| LogError(e.to_string()))?,
-                ))
-            })
-            .collect()
+            .map_err(|e| LogError(e.to_string()))
     }
 
     /// The database (for read-only API queries).
