@@ -193,6 +193,16 @@ pub struct ServeArgs {
     /// Accepted shares allowed to wait for the ledger (while it is down); past it shares are refused.
     #[arg(long, default_value_t = pool::config::LEDGER_BACKLOG_DEFAULT)]
     pub ledger_backlog_max: u64,
+    /// Hours the share log keeps accepted shares once they are accounted (copied into the ledger's
+    /// work log; credited under PPS/FPPS); block shares are kept for good. 0: keep forever. At
+    /// least 1.
+    #[arg(long, default_value_t = pool::config::SHARE_LOG_RETENTION_DEFAULT.as_secs() / 3600)]
+    pub share_log_retention_hours: u64,
+    /// Hours the ledger's work log keeps work records at least; records a payout window may still
+    /// read (4 of the largest window behind the newest record) are kept whatever their age. 0: keep
+    /// forever. At least 1.
+    #[arg(long, default_value_t = pool::config::WORK_LOG_RETENTION_DEFAULT.as_secs() / 3600)]
+    pub work_log_retention_hours: u64,
     /// How pool-mode miners are paid: a block split over a window (PPLNS, TIDES) or every share at
     /// once (PPS, FPPS: the pool reserve carries the variance).
     #[arg(long, value_enum, default_value_t = SharingArg::Pplns)]
@@ -440,6 +450,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     cfg.ledger_backlog_max = args.ledger_backlog_max.max(1);
+    let hours = |flag: &str, h: u64| -> anyhow::Result<Option<std::time::Duration>> {
+        match h {
+            0 => Ok(None),
+            h => {
+                let d = std::time::Duration::from_secs(h.checked_mul(3600).context(flag.to_string())?);
+                anyhow::ensure!(
+                    d >= pool::config::RETENTION_MIN,
+                    "{flag} {h}: at least {} hours (0 keeps forever)",
+                    pool::config::RETENTION_MIN.as_secs() / 3600
+                );
+                Ok(Some(d))
+            }
+        }
+    };
+    cfg.retention = pool::config::Retention {
+        share_log: hours("--share-log-retention-hours", args.share_log_retention_hours)?,
+        work_log: hours("--work-log-retention-hours", args.work_log_retention_hours)?,
+    };
     cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);
     cfg.vardiff.max = units::Difficulty::from_f64(args.max_difficulty).context("--max-difficulty")?;
     anyhow::ensure!(

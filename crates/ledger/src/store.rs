@@ -261,6 +261,15 @@ pub enum LedgerError {
     /// The request does not apply to what is stored (nothing was written).
     #[error("refused: {0}")]
     Refused(String),
+    /// A work window needs records that retention deleted ([`Ledger::prune_work`]); it is not
+    /// computed over less work than it asked for.
+    #[error("work window of {work_source:?} reaches below seq {below}, which retention deleted (keep more work: a longer retention)")]
+    WorkPruned {
+        /// The work source.
+        work_source: String,
+        /// Records below this were deleted.
+        below: u64,
+    },
 }
 
 /// The result of posting one transaction.
@@ -373,6 +382,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "payout methods: pool key, PSBT, Core wallet",
         include_str!("../migrations/sqlite/0005_payout_methods.sql"),
     ),
+    (
+        6,
+        "work log retention mark",
+        include_str!("../migrations/sqlite/0006_work_log_pruned.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -399,6 +413,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "payout methods: pool key, PSBT, Core wallet",
         include_str!("../migrations/postgres/0005_payout_methods.sql"),
+    ),
+    (
+        6,
+        "work log retention mark",
+        include_str!("../migrations/postgres/0006_work_log_pruned.sql"),
     ),
 ];
 
@@ -1026,6 +1045,35 @@ impl Ledger {
         last_seq: u64,
         window: u128,
     ) -> Result<Vec<(String, u128)>, LedgerError> {
+        Ok(self
+            .window_rows(source, last_seq, window)
+            .await?
+            .into_iter()
+            .map(|(_, owner, work)| (owner, work))
+            .collect())
+    }
+
+    /// The oldest record (its seq) of the window [`Ledger::work_window_upto`] would read and the
+    /// work read (at most `window`; less when the log up to `last_seq` holds less), or `None` for an
+    /// empty log. Retention keeps everything from that record up ([`Ledger::prune_work`]).
+    pub async fn work_window_start(
+        &self,
+        source: &str,
+        last_seq: u64,
+        window: u128,
+    ) -> Result<Option<(u64, u128)>, LedgerError> {
+        let rows = self.window_rows(source, last_seq, window).await?;
+        let work: u128 = rows.iter().map(|(_, _, w)| *w).sum();
+        Ok(rows.last().map(|(seq, _, _)| (*seq, work)))
+    }
+
+    /// The records of a window, newest first, as (seq, owner, work inside the window).
+    async fn window_rows(
+        &self,
+        source: &str,
+        last_seq: u64,
+        window: u128,
+    ) -> Result<Vec<(u64, String, u128)>, LedgerError> {
         let mut out = Vec::new();
         let mut left = window;
         let mut before = i64::try_from(last_seq).map_or(i64::MAX, |s| s.saturating_add(1));
@@ -1072,14 +1120,99 @@ impl Ledger {
                 let take = w.min(left);
                 left -= take;
                 if take > 0 {
-                    out.push((owner, take));
+                    out.push((seq.unsigned_abs(), owner, take));
                 }
                 if left == 0 {
                     break;
                 }
             }
         }
+        // The log ran out before the window filled: fine for a young log, not when retention
+        // deleted what the window asks for.
+        if left > 0 {
+            let below = self.work_pruned_below(source).await?;
+            if below > 0 && before.unsigned_abs() <= below {
+                return Err(LedgerError::WorkPruned {
+                    work_source: source.to_string(),
+                    below,
+                });
+            }
+        }
         Ok(out)
+    }
+
+    /// Records of `source` below this seq were deleted by retention (0: none).
+    pub async fn work_pruned_below(&self, source: &str) -> Result<u64, LedgerError> {
+        let v: Option<i64> = on_pool!(&self.db, pool => sqlx::query_scalar("SELECT below_seq FROM work_log_pruned WHERE source = $1")
+            .bind(source)
+            .fetch_optional(pool)
+            .await
+            .map_err(classify)?);
+        Ok(v.map_or(0, i64::unsigned_abs))
+    }
+
+    /// Retention: deletes up to `max_rows` of the oldest work records of `source` that are below
+    /// `below_seq` (the caller keeps every window it may still read above it) and older than
+    /// `older_than_ms` (unix ms), and records the mark ([`Ledger::work_pruned_below`]) in the same
+    /// transaction. Records go in seq order: one is deleted once a record after it (up to the chunk's
+    /// newest) is older than the cutoff. The newest record is never deleted (the ingest cursor).
+    /// Returns the number deleted.
+    pub async fn prune_work(
+        &self,
+        source: &str,
+        below_seq: u64,
+        older_than_ms: i64,
+        max_rows: u64,
+    ) -> Result<u64, LedgerError> {
+        self.check_halted()?;
+        let below = i64::try_from(below_seq).unwrap_or(i64::MAX);
+        let chunk = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        on_pool!(&self.db, pool => {
+            let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM work_log WHERE source = $1")
+                .bind(source)
+                .fetch_one(pool)
+                .await
+                .map_err(classify)?;
+            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM work_log WHERE source = $1")
+                .bind(source)
+                .fetch_one(pool)
+                .await
+                .map_err(classify)?;
+            let (Some(oldest), Some(newest)) = (oldest, newest) else { return Ok(0) };
+            let bound = below.min(newest).min(oldest.saturating_add(chunk));
+            let upto: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(seq) FROM work_log WHERE source = $1 AND seq >= $2 AND seq < $3 AND ts_ms < $4",
+            )
+            .bind(source)
+            .bind(oldest)
+            .bind(bound)
+            .bind(older_than_ms)
+            .fetch_one(pool)
+            .await
+            .map_err(classify)?;
+            let Some(upto) = upto else { return Ok(0) };
+            let mut tx = pool.begin().await.map_err(classify)?;
+            let deleted = sqlx::query("DELETE FROM work_log WHERE source = $1 AND seq >= $2 AND seq <= $3")
+                .bind(source)
+                .bind(oldest)
+                .bind(upto)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+            sqlx::query(
+                "INSERT INTO work_log_pruned (source, below_seq) VALUES ($1, $2) \
+                 ON CONFLICT (source) DO UPDATE SET below_seq = excluded.below_seq \
+                 WHERE excluded.below_seq > work_log_pruned.below_seq",
+            )
+            .bind(source)
+            .bind(upto.saturating_add(1))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            tx.commit().await.map_err(classify)?;
+            Ok(deleted)
+        })
     }
 
     /// Closes the pool (waits for connections to finish).

@@ -759,16 +759,233 @@ async fn refresh_plan(
     Ok(())
 }
 
+/// Rows deleted per retention call at most; a pass makes at most [`PRUNE_CALLS_PER_PASS`] calls.
+/// Each share-log call runs on the share log's single writer between two group commits, so this
+/// bounds how long one step can delay a commit.
+pub const PRUNE_CHUNK: u64 = 2_000;
+/// Retention calls per log per accounting pass at most (a pass copies up to [`INGEST_BATCH`] shares,
+/// so retention deletes faster than shares arrive and keeps up at full load).
+pub const PRUNE_CALLS_PER_PASS: usize = 8;
+/// Pause after a failed retention step (the failure is logged; accounting goes on).
+pub const PRUNE_RETRY: Duration = Duration::from_secs(60);
+/// Marks kept by [`WorkFloor`] at most; past it every other one is dropped (the floor then moves
+/// in coarser steps, never past what a window needs).
+pub const WORK_FLOOR_MARKS_MAX: usize = 4_096;
+
+/// The oldest work record a payout window may still need, followed in memory: the work log is read
+/// once (at most [`crate::config::WORK_RETAIN_WINDOWS`] windows, at the first pass), then every
+/// copied batch adds a mark (its last seq, the cumulative work up to it). Records up to a mark may
+/// go once the work after it is at least `keep`.
+#[derive(Debug, Default)]
+struct WorkFloor {
+    /// (seq, cumulative work up to and including it), oldest first.
+    marks: std::collections::VecDeque<(u64, u128)>,
+    /// Cumulative work up to the newest record copied.
+    cum: u128,
+    /// The newest seq counted.
+    last: u64,
+}
+
+impl WorkFloor {
+    /// Reads the window of `keep` ending at `upto` from the ledger.
+    async fn load(ledger: &Ledger, upto: u64, keep: u128) -> Result<WorkFloor, String> {
+        let start = ledger
+            .work_window_start(SOURCE, upto, keep)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut f = WorkFloor {
+            last: upto,
+            ..WorkFloor::default()
+        };
+        // The mark sits just below the oldest record read; the work read is after it.
+        let (seq, work) = start.unwrap_or((1, 0));
+        f.marks.push_back((seq.saturating_sub(1), 0));
+        f.cum = work;
+        Ok(f)
+    }
+
+    /// Counts newly copied records (contiguous after `last`; anything else is ignored, which only
+    /// keeps more).
+    fn push(&mut self, recs: &[WorkRecord]) {
+        let (Some(first), Some(last)) = (recs.first(), recs.last()) else {
+            return;
+        };
+        if first.seq <= self.last {
+            return;
+        }
+        self.cum = self.cum.saturating_add(recs.iter().map(|r| r.work).sum());
+        self.last = last.seq;
+        if self.marks.len() >= WORK_FLOOR_MARKS_MAX {
+            let kept: std::collections::VecDeque<_> = self.marks.iter().copied().step_by(2).collect();
+            self.marks = kept;
+        }
+        self.marks.push_back((self.last, self.cum));
+    }
+
+    /// Records below the returned seq may go: the newest mark with at least `keep` of work after it
+    /// (0 while there is none).
+    fn below(&mut self, keep: u128) -> u64 {
+        while self
+            .marks
+            .get(1)
+            .is_some_and(|&(_, c)| self.cum.saturating_sub(c) >= keep)
+        {
+            self.marks.pop_front();
+        }
+        match self.marks.front() {
+            Some(&(seq, c)) if self.cum.saturating_sub(c) >= keep => seq.saturating_add(1),
+            _ => 0,
+        }
+    }
+}
+
+/// Retention of the share log and the ledger's work log ([`crate::config::Retention`]), driven by
+/// the accounting loop, which knows what accounting is done with.
+struct Pruner {
+    retention: crate::config::Retention,
+    floor: Option<WorkFloor>,
+    paused_until: Option<std::time::Instant>,
+}
+
+impl Pruner {
+    fn new(retention: crate::config::Retention) -> Pruner {
+        Pruner {
+            retention,
+            floor: None,
+            paused_until: None,
+        }
+    }
+
+    /// One pass after a copy of `recs`: share rows up to `accounted` and older than the share log's
+    /// retention; work records below the kept windows (`factor × W`, `factor` 0 without windows)
+    /// and older than the work log's retention. Failures are logged and retried after
+    /// [`PRUNE_RETRY`]; accounting goes on.
+    async fn step(
+        &mut self,
+        (share_log, ledger, stats): (&crate::share_log::ShareLog, &Ledger, &PoolStats),
+        recs: &[WorkRecord],
+        accounted: i64,
+        factor: u128,
+    ) {
+        if let Some(f) = self.floor.as_mut() {
+            f.push(recs);
+        }
+        if self.paused_until.is_some_and(|t| std::time::Instant::now() < t) {
+            return;
+        }
+        if let Err(e) = self.pass(share_log, ledger, stats, accounted, factor).await {
+            tracing::warn!(error = %e, retry_in = ?PRUNE_RETRY, "retention failed (nothing is lost; the logs grow until it succeeds)");
+            self.paused_until = Some(std::time::Instant::now() + PRUNE_RETRY);
+            self.floor = None;
+        } else {
+            self.paused_until = None;
+        }
+    }
+
+    async fn pass(
+        &mut self,
+        share_log: &crate::share_log::ShareLog,
+        ledger: &Ledger,
+        stats: &PoolStats,
+        accounted: i64,
+        factor: u128,
+    ) -> Result<(), String> {
+        let now = i64::try_from(crate::server::now_ms()).unwrap_or(i64::MAX);
+        let cutoff = |age: Duration| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        if let Some(age) = self.retention.share_log {
+            for _ in 0..PRUNE_CALLS_PER_PASS {
+                let p = share_log
+                    .prune(accounted, cutoff(age), PRUNE_CHUNK)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                stats.pruned_shares.fetch_add(p.shares, Ordering::Relaxed);
+                if p.shares < PRUNE_CHUNK && p.jobs < PRUNE_CHUNK {
+                    break;
+                }
+            }
+        }
+        let Some(age) = self.retention.work_log else {
+            return Ok(());
+        };
+        let below = if factor == 0 {
+            accounted.unsigned_abs().saturating_add(1)
+        } else {
+            let Some(keep) = kept_work(share_log.db(), factor).await? else {
+                return Ok(());
+            };
+            let floor = match self.floor.as_mut() {
+                Some(f) => f,
+                None => self
+                    .floor
+                    .insert(WorkFloor::load(ledger, ledger_upto(ledger).await?, keep).await?),
+            };
+            floor.below(keep)
+        };
+        for _ in 0..PRUNE_CALLS_PER_PASS {
+            let n = ledger
+                .prune_work(SOURCE, below, cutoff(age), PRUNE_CHUNK)
+                .await
+                .map_err(|e| e.to_string())?;
+            stats.pruned_work.fetch_add(n, Ordering::Relaxed);
+            if n < PRUNE_CHUNK {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The newest record in the work log (0 if none).
+async fn ledger_upto(ledger: &Ledger) -> Result<u64, String> {
+    Ok(ledger
+        .work_high_water(SOURCE)
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0))
+}
+
+/// The work retention keeps behind the newest record: [`crate::config::WORK_RETAIN_WINDOWS`] × the
+/// largest window (`factor × W`, `W` the work of a block at the highest difficulty among the newest
+/// [`crate::share_log::JOBS_KEPT_ROWS`] jobs). `None` before the first job.
+async fn kept_work(log: &SqlitePool, factor: u128) -> Result<Option<u128>, String> {
+    let bits: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT bits FROM jobs WHERE job_id > (SELECT MAX(job_id) FROM jobs) - ?",
+    )
+    .bind(crate::share_log::JOBS_KEPT_ROWS)
+    .fetch_all(log)
+    .await
+    .map_err(|e| format!("share log: {e}"))?;
+    let mut largest: u128 = 0;
+    for b in bits {
+        let Ok(b) = u32::try_from(b) else { continue };
+        let Ok(target) = units::Target::from_compact(b) else {
+            continue;
+        };
+        let w = block_work(target).map_err(|e| e.to_string())?;
+        if w.bits() > 120 {
+            return Err(format!("bits {b:08x}: work out of range"));
+        }
+        largest = largest.max(w.low_u128());
+    }
+    Ok((largest > 0).then(|| {
+        largest
+            .saturating_mul(factor)
+            .saturating_mul(crate::config::WORK_RETAIN_WINDOWS)
+    }))
+}
+
 /// Runs until `token` is cancelled. `rule`: credit blocks by it (pool mode); `None` (SOLO) only
-/// copies the work.
+/// copies the work. `retention`: what the share log and the work log keep.
 pub async fn ingest_loop(
-    log: SqlitePool,
+    share_log: crate::share_log::ShareLog,
     ledger: Arc<Ledger>,
     stats: Arc<PoolStats>,
-    rule: Option<Rule>,
+    (rule, retention): (Option<Rule>, crate::config::Retention),
     backend: chain::Backend,
     token: CancellationToken,
 ) {
+    let log = share_log.db().clone();
+    let mut pruner = Pruner::new(retention);
     let mut after: Option<i64> = None;
     // Blocks are re-examined from the start after a restart; crediting and settling are idempotent.
     let mut blocks_after: i64 = 0;
@@ -832,6 +1049,19 @@ pub async fn ingest_loop(
                     settled_tip = tip;
                 }
             }
+            // Retention, once accounting is done with the rows (copied; credited under PPS/FPPS).
+            let accounted = match (rule.as_ref().filter(|r| r.sharing.per_share()), pps_after) {
+                (Some(_), Some(p)) => p.min(last),
+                (Some(_), None) => 0,
+                (None, _) => last,
+            };
+            let factor = rule
+                .as_ref()
+                .filter(|r| !r.sharing.per_share())
+                .map_or(0, |r| r.sharing.window_factor());
+            pruner
+                .step((&share_log, &ledger, &stats), &recs, accounted, factor)
+                .await;
             Ok::<_, String>((n, last, max.unwrap_or(0)))
         };
         let wait = match step.await {
@@ -861,5 +1091,58 @@ pub async fn ingest_loop(
             () = token.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(from: u64, works: &[u128]) -> Vec<WorkRecord> {
+        works
+            .iter()
+            .enumerate()
+            .map(|(i, &work)| WorkRecord {
+                seq: from + i as u64,
+                owner: "a".into(),
+                work,
+                ts_ms: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_work_floor_keeps_the_last_keep_of_work_and_only_moves_forward_by_whole_batches() {
+        // A young log (nothing read): nothing may go until `keep` of work arrived after a mark.
+        let mut f = WorkFloor {
+            marks: [(0, 0)].into(),
+            ..WorkFloor::default()
+        };
+        assert_eq!(f.below(10), 0);
+        f.push(&recs(1, &[4, 4])); // seq 1..=2, cum 8
+        assert_eq!(f.below(10), 0);
+        f.push(&recs(3, &[4])); // seq 3, cum 12: 12 ≥ 10 after mark (0, 0) → below 1
+        assert_eq!(f.below(10), 1);
+        f.push(&recs(4, &[10])); // seq 4, cum 22: seq 4 alone holds 10 → below 4
+        assert_eq!(f.below(10), 4);
+        assert_eq!(f.below(10), 4, "asking again changes nothing");
+        // A larger keep (the difficulty rose) never moves the floor back below what was dropped, and
+        // says 0 (prune nothing more) while the marks left cannot cover it.
+        assert_eq!(f.below(1_000), 0);
+        // Out-of-order or repeated batches are ignored (only ever keeping more).
+        f.push(&recs(2, &[1_000]));
+        assert_eq!(f.below(10), 4);
+        // The marks stay bounded.
+        for i in 0..(3 * WORK_FLOOR_MARKS_MAX as u64) {
+            f.push(&recs(5 + i, &[1]));
+        }
+        assert!(f.marks.len() <= WORK_FLOOR_MARKS_MAX);
+        let b = f.below(10);
+        let newest = 4 + 3 * WORK_FLOOR_MARKS_MAX as u64;
+        assert!(
+            b <= newest - 9,
+            "at least 10 records of work 1 kept: below {b}, newest {newest}"
+        );
+        assert!(b > newest - 40, "and not far more than that: below {b}");
     }
 }

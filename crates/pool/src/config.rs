@@ -27,6 +27,40 @@ pub enum PayoutScheme {
 /// Default bound on shares logged but not yet in the ledger: about an hour at 250 shares/s.
 pub const LEDGER_BACKLOG_DEFAULT: u64 = 1_000_000;
 
+/// How long accepted shares stay in the local share log once accounting is done with them: 3 days.
+/// The share log is accounting's buffer and the raw audit trail (every header); what pays is the
+/// ledger's work log, and delivery proofs (orders) keep their own log.
+pub const SHARE_LOG_RETENTION_DEFAULT: Duration = Duration::from_secs(3 * 24 * 3600);
+/// How long work records stay in the ledger's work log at least: 7 days. Records a payout window
+/// may still need are kept longer, whatever their age ([`WORK_RETAIN_WINDOWS`]).
+pub const WORK_LOG_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest retention accepted (either log): job rows and TIDES windows fixed when a job was
+/// issued must outlive every job a miner can still submit to.
+pub const RETENTION_MIN: Duration = Duration::from_secs(3600);
+/// The work log keeps at least this many of the largest payout window (PPLNS `2·W`, TIDES `8·W`,
+/// `W` the work of a block at the highest difficulty among recent jobs) behind the newest record,
+/// so every block still to be credited, and every coinbase payee plan, reads its whole window.
+pub const WORK_RETAIN_WINDOWS: u128 = 4;
+
+/// Retention of the share log and the ledger's work log (`None`: keep forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Share rows older than this, and already accounted, are deleted ([`SHARE_LOG_RETENTION_DEFAULT`]).
+    pub share_log: Option<Duration>,
+    /// Work records older than this, and below every window still needed, are deleted
+    /// ([`WORK_LOG_RETENTION_DEFAULT`]).
+    pub work_log: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            share_log: Some(SHARE_LOG_RETENTION_DEFAULT),
+            work_log: Some(WORK_LOG_RETENTION_DEFAULT),
+        }
+    }
+}
+
 /// PPLNS window in multiples of the block's work (product.md: `N = 2·D`).
 pub const PPLNS_WINDOW_FACTOR: u128 = 2;
 /// TIDES window in multiples of the block's work (product.md: `N = 8·D`).
@@ -130,6 +164,8 @@ pub struct PoolConfig {
     pub ledger_backlog_max: u64,
     /// How long a ban lasts.
     pub ban_duration: Duration,
+    /// How long the share log and the work log keep what accounting is done with.
+    pub retention: Retention,
     /// Jobs kept per connection (older ones are stale).
     pub jobs_kept: usize,
     /// A new template on the same tip at least this often (clean_jobs = false).
@@ -186,6 +222,7 @@ impl PoolConfig {
             invalid_shares_before_ban: 100,
             ledger_backlog_max: LEDGER_BACKLOG_DEFAULT,
             ban_duration: Duration::from_secs(600),
+            retention: Retention::default(),
             jobs_kept: 16,
             job_refresh_interval: Duration::from_secs(30),
             initial_difficulty: Difficulty::from_int(1),

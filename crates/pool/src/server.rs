@@ -211,7 +211,6 @@ impl Pool {
     /// Shares logged after the last copy are copied at the next start.
     pub fn feed_ledger(&self, ledger: Arc<ledger::Ledger>) {
         let _ = self.shared.ledger.set(ledger.clone());
-        let db = self.shared.log.db().clone();
         let stats = self.shared.stats.clone();
         // Pool mode credits blocks PPLNS; SOLO blocks pay the finder in the coinbase.
         let pplns = match self.shared.cfg.payout {
@@ -226,10 +225,10 @@ impl Pool {
             crate::config::PayoutScheme::Solo => None,
         };
         self.tracker.spawn(crate::accounting::ingest_loop(
-            db,
+            self.shared.log.clone(),
             ledger,
             stats,
-            pplns,
+            (pplns, self.shared.cfg.retention),
             self.shared.backend.clone(),
             self.token.clone(),
         ));

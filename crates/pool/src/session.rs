@@ -26,6 +26,10 @@ use units::Difficulty;
 pub const BACKLOG_FULL: &str =
     "Accounting backlog full (ledger unavailable); share not accepted, retry later";
 
+/// The reply to a share the share log could not take because the pool's disk is full: refused,
+/// never acknowledged (the miner keeps it and may retry).
+pub const SHARE_LOG_FULL: &str = "Pool storage full: share not recorded; retry later";
+
 /// A valid share queued for the group commit: its reply (`true`) waits for [`Session::finish`].
 #[derive(Debug)]
 pub struct PendingShare {
@@ -466,11 +470,11 @@ impl Session {
                 // Not durable, so not seen: the miner's retry is judged again, not refused as a duplicate.
                 self.validator.release(p.reservation);
                 if !notify_only {
-                    lines.push(error_line(
-                        &p.id,
-                        code::OTHER,
-                        "Share could not be recorded; retry",
-                    ));
+                    let why = match e {
+                        crate::share_log::LogError::DiskFull(_) => SHARE_LOG_FULL,
+                        crate::share_log::LogError::Failed(_) => "Share could not be recorded; retry",
+                    };
+                    lines.push(error_line(&p.id, code::OTHER, why));
                 }
                 return lines;
             }

@@ -25,7 +25,7 @@ impl Committed {
     pub async fn wait(self) -> Result<(), LogError> {
         self.0
             .await
-            .map_err(|_| LogError("writer stopped before committing".into()))?
+            .map_err(|_| LogError::Failed("writer stopped before committing".into()))?
     }
 }
 
@@ -103,12 +103,54 @@ enum Record {
     Share(ShareRecord),
     Block(BlockRecord),
     Job(JobRecord),
+    Prune(PruneRequest, oneshot::Sender<Result<Pruned, LogError>>),
 }
+
+/// One retention step ([`ShareLog::prune`]).
+#[derive(Debug, Clone, Copy)]
+struct PruneRequest {
+    accounted_upto: i64,
+    older_than_ms: i64,
+    max_rows: i64,
+}
+
+/// What one retention step deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Share rows.
+    pub shares: u64,
+    /// Job rows.
+    pub jobs: u64,
+}
+
+/// The newest job rows are kept whatever their age: every job a miner may still submit to is among
+/// them (a connection keeps `PoolConfig::jobs_kept` jobs), and the newest one resumes the job
+/// counter after a restart.
+pub const JOBS_KEPT_ROWS: i64 = 1_024;
 
 /// Why a record could not be made durable.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("share log: {0}")]
-pub struct LogError(pub String);
+pub enum LogError {
+    /// The database failed or the writer stopped; nothing in the batch was acknowledged.
+    #[error("share log: {0}")]
+    Failed(String),
+    /// The disk (or the database's size limit) is full: shares are refused, never acknowledged,
+    /// until space is freed; retention ([`ShareLog::prune`]) frees it over time.
+    #[error("share log: the disk is full ({0}); shares are refused until space is freed")]
+    DiskFull(String),
+}
+
+impl LogError {
+    /// Classifies a database error (SQLite's `SQLITE_FULL`, code 13, is [`LogError::DiskFull`]).
+    fn db(e: sqlx::Error) -> LogError {
+        match &e {
+            sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "13") => {
+                LogError::DiskFull(d.message().to_string())
+            }
+            _ => LogError::db(e),
+        }
+    }
+}
 
 /// Handle to the share log.
 #[derive(Clone, Debug)]
@@ -160,35 +202,48 @@ const SCHEMA: &[&str] = &[
 impl ShareLog {
     /// Opens (creating) `path` and starts the writer; the writer ends when every handle is dropped.
     pub async fn open(path: &Path) -> Result<(ShareLog, tokio::task::JoinHandle<()>), LogError> {
-        let opts = SqliteConnectOptions::new()
+        ShareLog::open_with(path, None).await
+    }
+
+    /// [`ShareLog::open`] with the database capped at `max_bytes` (SQLite's `max_page_count`):
+    /// past it every commit fails with [`LogError::DiskFull`], exactly as on a full disk, and shares
+    /// are refused until retention frees pages (they are reused).
+    pub async fn open_with(
+        path: &Path,
+        max_bytes: Option<u64>,
+    ) -> Result<(ShareLog, tokio::task::JoinHandle<()>), LogError> {
+        let mut opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
+        if let Some(bytes) = max_bytes {
+            opts = opts.pragma("max_page_count", (bytes / 4096).max(1).to_string());
+        }
         // One writer plus readers for the API.
         let db = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(|e| LogError(format!("opening {}: {e}", path.display())))?;
+            .map_err(|e| LogError::Failed(format!("opening {}: {e}", path.display())))?;
         for stmt in SCHEMA {
             sqlx::query(*stmt)
                 .execute(&db)
                 .await
-                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+                .map_err(|e| LogError::Failed(format!("{}: schema: {e}", path.display())))?;
         }
         // Share logs written before coinbase payees had no plan column.
         let has_plan: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'payout_plan'")
                 .fetch_one(&db)
                 .await
-                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+                .map_err(|e| LogError::Failed(format!("{}: schema: {e}", path.display())))?;
         if has_plan == 0 {
             sqlx::query("ALTER TABLE jobs ADD COLUMN payout_plan TEXT")
                 .execute(&db)
                 .await
-                .map_err(|e| LogError(format!("{}: schema: {e}", path.display())))?;
+                .map_err(|e| LogError::Failed(format!("{}: schema: {e}", path.display())))?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         let writer = tokio::spawn(write_loop(db.clone(), rx));
@@ -208,7 +263,7 @@ impl ShareLog {
         self.tx
             .send((Record::Share(r), ack))
             .await
-            .map_err(|_| LogError("writer stopped".into()))?;
+            .map_err(|_| LogError::Failed("writer stopped".into()))?;
         Ok(Committed(done))
     }
 
@@ -220,13 +275,13 @@ impl ShareLog {
         self.tx
             .send((Record::Job(r), ack))
             .await
-            .map_err(|_| LogError("writer stopped".into()))
+            .map_err(|_| LogError::Failed("writer stopped".into()))
     }
 
     /// The highest job number logged (0 if none): new job numbers start above it, so they are
     /// unique across restarts. Logs from before the jobs table are read once from the shares.
     pub async fn max_job_id(&self) -> Result<u64, LogError> {
-        let err = |e: sqlx::Error| LogError(e.to_string());
+        let err = LogError::db;
         let jobs: Option<i64> = sqlx::query_scalar("SELECT MAX(job_id) FROM jobs")
             .fetch_one(&self.db)
             .await
@@ -256,7 +311,7 @@ impl ShareLog {
             .execute(&self.db)
             .await
             .map(|_| ())
-            .map_err(|e| LogError(e.to_string()))
+            .map_err(LogError::db)
     }
 
     /// Blocks whose intent was logged at or before `logged_before_ms` (unix ms) but whose fate was
@@ -269,7 +324,7 @@ impl ShareLog {
         .bind(logged_before_ms)
         .fetch_all(&self.db)
         .await
-        .map_err(|e| LogError(e.to_string()))
+        .map_err(LogError::db)
     }
 
     async fn submit(&self, r: Record) -> Result<(), LogError> {
@@ -277,9 +332,40 @@ impl ShareLog {
         self.tx
             .send((r, ack))
             .await
-            .map_err(|_| LogError("writer stopped".into()))?;
+            .map_err(|_| LogError::Failed("writer stopped".into()))?;
         done.await
-            .map_err(|_| LogError("writer stopped before committing".into()))?
+            .map_err(|_| LogError::Failed("writer stopped before committing".into()))?
+    }
+
+    /// Retention, one bounded step: deletes up to `max_rows` of the oldest share rows that
+    /// accounting is done with (id ≤ `accounted_upto`: copied to the work log, and credited under
+    /// PPS/FPPS), older than `older_than_ms` (unix ms), and not the newest row (share ids are
+    /// rowids: the newest keeps the next id above every id accounting has seen), then job rows older than
+    /// that which no remaining work needs. Kept whatever their age: block shares (a block is credited
+    /// and settled by its share's header and job), the newest [`JOBS_KEPT_ROWS`] jobs, and the jobs
+    /// of shares not yet accounted. Rows go in id order: a share is deleted once a share logged
+    /// after it (up to the step's newest) is older than the cutoff, so ages within a step differ by
+    /// the commit queue's wait (milliseconds). It runs on the writer between group commits, after
+    /// the acknowledgements of the batch before it, so it delays no waiting share by more than one
+    /// step.
+    pub async fn prune(
+        &self,
+        accounted_upto: i64,
+        older_than_ms: i64,
+        max_rows: u64,
+    ) -> Result<Pruned, LogError> {
+        let (ack, done) = oneshot::channel();
+        let req = PruneRequest {
+            accounted_upto,
+            older_than_ms,
+            max_rows: i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX),
+        };
+        self.tx
+            .send((Record::Prune(req, ack), oneshot::channel().0))
+            .await
+            .map_err(|_| LogError::Failed("writer stopped".into()))?;
+        done.await
+            .map_err(|_| LogError::Failed("writer stopped before pruning".into()))?
     }
 
     /// Number of shares logged.
@@ -287,8 +373,8 @@ impl ShareLog {
         let row = sqlx::query("SELECT COUNT(*) FROM shares")
             .fetch_one(&self.db)
             .await
-            .map_err(|e| LogError(e.to_string()))?;
-        row.try_get::<i64, _>(0).map_err(|e| LogError(e.to_string()))
+            .map_err(LogError::db)?;
+        row.try_get::<i64, _>(0).map_err(LogError::db)
     }
 
     /// Headers of every logged share, oldest first (audits and tests).
@@ -296,9 +382,9 @@ impl ShareLog {
         let rows = sqlx::query("SELECT header FROM shares ORDER BY id")
             .fetch_all(&self.db)
             .await
-            .map_err(|e| LogError(e.to_string()))?;
+            .map_err(LogError::db)?;
         rows.iter()
-            .map(|r| r.try_get::<Vec<u8>, _>(0).map_err(|e| LogError(e.to_string())))
+            .map(|r| r.try_get::<Vec<u8>, _>(0).map_err(LogError::db))
             .collect()
     }
 
@@ -307,7 +393,7 @@ impl ShareLog {
         sqlx::query_as::<_, (String, String)>("SELECT hash, fate FROM blocks ORDER BY id")
             .fetch_all(&self.db)
             .await
-            .map_err(|e| LogError(e.to_string()))
+            .map_err(LogError::db)
     }
 
     /// The database (for read-only API queries).
@@ -338,12 +424,26 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
                 .collect();
             batch.splice(0..0, retried);
         }
-        let res = match conn.as_mut() {
-            Some(c) => commit(c, &batch).await,
-            None => match db.acquire().await {
-                Ok(c) => commit(conn.insert(c), &batch).await,
-                Err(e) => Err(LogError(format!("no database connection: {e}"))),
-            },
+        // Retention steps run after this batch's commit and acknowledgements.
+        let mut prunes = Vec::new();
+        batch.retain_mut(|(r, _)| match r {
+            Record::Prune(req, ack) => {
+                let (dummy, _) = oneshot::channel();
+                prunes.push((*req, std::mem::replace(ack, dummy)));
+                false
+            }
+            _ => true,
+        });
+        let res = if batch.is_empty() {
+            Ok(())
+        } else {
+            match conn.as_mut() {
+                Some(c) => commit(c, &batch).await,
+                None => match db.acquire().await {
+                    Ok(c) => commit(conn.insert(c), &batch).await,
+                    Err(e) => Err(LogError::Failed(format!("no database connection: {e}"))),
+                },
+            }
         };
         if let Err(e) = &res {
             tracing::error!(error = %e, records = batch.len(), "share log commit failed; nothing in this batch was acknowledged");
@@ -357,7 +457,80 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
         for (_, ack) in batch.drain(..) {
             let _ = ack.send(res.clone());
         }
+        for (req, ack) in prunes {
+            let res = match conn.as_mut() {
+                Some(c) => prune(c, req).await,
+                None => match db.acquire().await {
+                    Ok(c) => prune(conn.insert(c), req).await,
+                    Err(e) => Err(LogError::Failed(format!("no database connection: {e}"))),
+                },
+            };
+            if res.is_err() {
+                conn = None;
+            }
+            let _ = ack.send(res);
+        }
     }
+}
+
+/// One retention step on the writer's connection ([`ShareLog::prune`]).
+async fn prune(conn: &mut sqlx::SqliteConnection, req: PruneRequest) -> Result<Pruned, LogError> {
+    use sqlx::Connection as _;
+    let err = LogError::db;
+    // The oldest share that is not a block's (block rows stay, and a few of them sit at the start).
+    let oldest: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM shares WHERE is_block = 0 ORDER BY id LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(err)?;
+    // The newest row always stays: share ids are SQLite rowids (max + 1), and deleting the newest
+    // would hand its id to the next share, which accounting (past that id already) would skip.
+    let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM shares")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
+    let mut out = Pruned::default();
+    let mut tx = conn.begin().await.map_err(err)?;
+    if let (Some(lo), Some(newest)) = (oldest, newest) {
+        let bound = req
+            .accounted_upto
+            .min(newest - 1)
+            .min(lo.saturating_add(req.max_rows - 1));
+        let upto: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(id) FROM shares WHERE id >= ? AND id <= ? AND ts_ms < ?")
+                .bind(lo)
+                .bind(bound)
+                .bind(req.older_than_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+        if let Some(upto) = upto {
+            out.shares = sqlx::query("DELETE FROM shares WHERE id >= ? AND id <= ? AND is_block = 0")
+                .bind(lo)
+                .bind(upto)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?
+                .rows_affected();
+        }
+    }
+    out.jobs = sqlx::query(
+        "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs WHERE ts_ms < ?1 \
+           AND job_id <= (SELECT MAX(job_id) FROM jobs) - ?2 \
+           AND job_id < COALESCE((SELECT MIN(job_id) FROM shares WHERE id > ?3), 9223372036854775807) \
+           AND job_id NOT IN (SELECT job_id FROM shares WHERE is_block = 1) \
+           ORDER BY job_id LIMIT ?4)",
+    )
+    .bind(req.older_than_ms)
+    .bind(JOBS_KEPT_ROWS)
+    .bind(req.accounted_upto)
+    .bind(req.max_rows)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    tx.commit().await.map_err(err)?;
+    Ok(out)
 }
 
 /// Rows per multi-row INSERT at most. With one writer connection, every statement shape (1 to this
@@ -386,10 +559,7 @@ async fn insert_shares(
                 .push_bind(&s.header[..])
                 .push_bind(s.is_block);
         });
-        q.build()
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| LogError(e.to_string()))?;
+        q.build().execute(&mut **tx).await.map_err(LogError::db)?;
     }
     Ok(())
 }
@@ -399,7 +569,7 @@ async fn commit(
     batch: &[(Record, oneshot::Sender<Result<(), LogError>>)],
 ) -> Result<(), LogError> {
     use sqlx::Connection as _;
-    let err = |e: sqlx::Error| LogError(e.to_string());
+    let err = LogError::db;
     // Rows go in queue order: a job row's `shares_before` is the newest share queued before it.
     let mut tx = conn.begin().await.map_err(err)?;
     let mut shares = Vec::with_capacity(batch.len());
@@ -427,11 +597,13 @@ async fn commit(
             }
             Record::Share(s) => {
                 let p = s.difficulty.to_fixed();
-                let int = i64::try_from(p >> 32).map_err(|_| LogError("difficulty too large".into()))?;
+                let int =
+                    i64::try_from(p >> 32).map_err(|_| LogError::Failed("difficulty too large".into()))?;
                 let frac = i64::try_from(p & 0xffff_ffff).unwrap_or(0);
                 shares.push((s, int, frac));
             }
             Record::Block(b) => blocks.push(b),
+            Record::Prune(..) => {} // run after the commit (write_loop)
         }
     }
     insert_shares(&mut tx, &shares).await?;

@@ -166,6 +166,10 @@ pub struct PoolStats {
     pub refused: AtomicU64,
     /// Shares in the share log not yet copied into the ledger's work log.
     pub ledger_backlog: AtomicU64,
+    /// Share rows deleted from the share log by retention.
+    pub pruned_shares: AtomicU64,
+    /// Work records deleted from the ledger's work log by retention.
+    pub pruned_work: AtomicU64,
     /// The newest clean job (new prevhash) and how its notify went out: connections written and the
     /// time from the template's arrival to the latest connection's completed write (µs).
     clean_job: AtomicU64,
@@ -391,6 +395,15 @@ impl PoolStats {
             "gauge",
             "Accepted shares in the local share log not yet copied into the ledger.",
             &[(String::new(), g(&self.ledger_backlog).to_string())],
+        );
+        metric(
+            "cloudmine_pool_retention_deleted_total",
+            "counter",
+            "Rows deleted by retention since start (share log shares, ledger work log records).",
+            &[
+                ("{log=\"shares\"}".into(), g(&self.pruned_shares).to_string()),
+                ("{log=\"work\"}".into(), g(&self.pruned_work).to_string()),
+            ],
         );
         metric(
             "cloudmine_chain_height",

@@ -532,3 +532,86 @@ async fn payout_bytes_are_completed_once_and_signed_bytes_never_change() {
         l.close().await;
     }
 }
+
+#[tokio::test]
+async fn retention_deletes_old_work_below_the_kept_windows_and_refuses_a_window_reaching_past_it() {
+    use ledger::WorkRecord;
+    for (backend, url, _keep) in fresh().await {
+        let l = Ledger::open(&url).await.unwrap();
+        // seq 1..=100, one unit of work each, logged at ts = 10·seq.
+        let recs: Vec<WorkRecord> = (1..=100u64)
+            .map(|seq| WorkRecord {
+                seq,
+                owner: if seq % 2 == 0 { "a".into() } else { "b".into() },
+                work: 1,
+                ts_ms: 10 * seq as i64,
+            })
+            .collect();
+        l.ingest_work("pool", &recs).await.unwrap();
+        l.ingest_work("other", &recs).await.unwrap();
+        // The window of 30 ending at 100 starts at 71; 200 is more than the log holds.
+        assert_eq!(
+            l.work_window_start("pool", 100, 30).await.unwrap(),
+            Some((71, 30)),
+            "{backend}"
+        );
+        assert_eq!(
+            l.work_window_start("pool", 100, 200).await.unwrap(),
+            Some((1, 100)),
+            "{backend}"
+        );
+        assert_eq!(
+            l.work_window_start("none", 100, 200).await.unwrap(),
+            None,
+            "{backend}"
+        );
+        assert_eq!(l.work_pruned_below("pool").await.unwrap(), 0);
+        // Nothing older than ts 5: nothing deleted, no mark.
+        assert_eq!(l.prune_work("pool", 71, 5, 1_000).await.unwrap(), 0, "{backend}");
+        assert_eq!(l.work_pruned_below("pool").await.unwrap(), 0);
+        // Older than ts 405 (seq ≤ 40) and below 71, in chunks of 25: seq 1..=25, then 26..=40.
+        assert_eq!(l.prune_work("pool", 71, 405, 25).await.unwrap(), 25, "{backend}");
+        assert_eq!(l.work_pruned_below("pool").await.unwrap(), 26);
+        assert_eq!(l.prune_work("pool", 71, 405, 25).await.unwrap(), 15, "{backend}");
+        assert_eq!(l.work_pruned_below("pool").await.unwrap(), 41);
+        assert_eq!(
+            l.prune_work("pool", 71, 405, 25).await.unwrap(),
+            0,
+            "{backend}: nothing left that old"
+        );
+        // Everything is old now, but nothing at or above the kept window's start goes.
+        assert_eq!(
+            l.prune_work("pool", 71, i64::MAX, 1_000).await.unwrap(),
+            30,
+            "{backend}"
+        );
+        assert_eq!(l.work_pruned_below("pool").await.unwrap(), 71);
+        // The newest record always stays (it is the ingest cursor).
+        assert_eq!(
+            l.prune_work("pool", u64::MAX, i64::MAX, 1_000).await.unwrap(),
+            29,
+            "{backend}"
+        );
+        assert_eq!(l.work_high_water("pool").await.unwrap(), Some(100));
+        // Another source is untouched.
+        assert_eq!(
+            l.work_window("other", u128::MAX).await.unwrap().len(),
+            100,
+            "{backend}"
+        );
+        // A window that fits what is kept is read; one that needs deleted work is refused, never
+        // computed over less work than it asked for.
+        assert_eq!(
+            l.work_window("pool", 1).await.unwrap(),
+            vec![("a".to_string(), 1)]
+        );
+        let err = l.work_window("pool", 2).await.unwrap_err();
+        assert!(
+            matches!(err, ledger::LedgerError::WorkPruned { below: 100, .. }),
+            "{backend}: {err}"
+        );
+        // A young log (nothing pruned) still reads a window larger than itself.
+        assert_eq!(l.work_window("other", 1_000).await.unwrap().len(), 100);
+        l.close().await;
+    }
+}

@@ -20,13 +20,18 @@ struct Harness {
 }
 
 async fn harness(tweak: impl FnOnce(&mut PoolConfig)) -> Harness {
+    harness_with_log_cap(tweak, None).await
+}
+
+/// [`harness`] with the share log capped at `max_bytes` (a full disk, as SQLite sees it).
+async fn harness_with_log_cap(tweak: impl FnOnce(&mut PoolConfig), max_bytes: Option<u64>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let node = DevNode::new(devchain::DevChain::open(dir.path(), 30).unwrap());
     let mut cfg = PoolConfig::new(Network::Regtest, PayoutScheme::Solo);
     cfg.vardiff.min = Difficulty::MIN;
     cfg.initial_difficulty = Difficulty::from_f64(0.001).unwrap();
     tweak(&mut cfg);
-    let (log, _writer) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+    let (log, _writer) = pool::share_log::ShareLog::open_with(&dir.path().join("pool.sqlite"), max_bytes)
         .await
         .unwrap();
     let pool = Pool::start(
@@ -1803,4 +1808,212 @@ async fn a_stuck_block_intent_is_settled_at_a_new_tip() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_log_retention_deletes_only_old_accounted_rows_and_keeps_blocks_and_live_jobs() {
+    use pool::share_log::{JobRecord, ShareLog, ShareRecord, JOBS_KEPT_ROWS};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _w) = ShareLog::open(&dir.path().join("pool.sqlite")).await.unwrap();
+    let share = |job: i64, ts_ms: i64, is_block: bool| ShareRecord {
+        ts_ms,
+        address: ADDR.into(),
+        worker: "w".into(),
+        job_id: job,
+        difficulty: Difficulty::ONE,
+        extranonce1: vec![0; 4],
+        extranonce2: vec![0; 4],
+        header: [u8::from(is_block); 80],
+        is_block,
+    };
+    let job = |id: i64, ts_ms: i64| JobRecord {
+        job_id: id,
+        ts_ms,
+        height: 1,
+        bits: 0x207fffff,
+        subsidy_sat: 5_000_000_000,
+        fees_sat: 0,
+        expected_fees_sat: 0,
+        payout_plan: None,
+    };
+    // Jobs 1..=JOBS_KEPT_ROWS+10, all old (ts 10); shares: ids 1..=100 at ts = id (job 1, id 50 a
+    // block's share on job 2), ids 101..=120 at ts 1000 on job 3.
+    let jobs = JOBS_KEPT_ROWS + 10;
+    for id in 1..=jobs {
+        log.enqueue_job(job(id, 10)).await.unwrap();
+    }
+    for id in 1..=100 {
+        let (j, b) = if id == 50 { (2, true) } else { (1, false) };
+        log.append_share(share(j, id, b)).await.unwrap();
+    }
+    for _ in 101..=120 {
+        log.append_share(share(3, 1000, false)).await.unwrap();
+    }
+    let ids = |log: ShareLog| async move {
+        sqlx::query_scalar::<_, i64>("SELECT id FROM shares ORDER BY id")
+            .fetch_all(log.db())
+            .await
+            .unwrap()
+    };
+    // Accounted up to 80, older than ts 60, in chunks of 25: ids 1..=25 first.
+    let p = log.prune(80, 60, 25).await.unwrap();
+    assert_eq!(p.shares, 25);
+    // No job row goes: shares 81..=100 of job 1 are not accounted yet, and no job is below job 1.
+    assert_eq!(p.jobs, 0);
+    // 26..=50 but the block's share 50.
+    let p = log.prune(80, 60, 25).await.unwrap();
+    assert_eq!(p.shares, 24);
+    let left = ids(log.clone()).await;
+    assert!(left.contains(&50), "a block's share is kept");
+    assert!(!left.iter().any(|&i| i < 50), "{left:?}");
+    let p = log.prune(80, 60, 25).await.unwrap();
+    assert_eq!(p.shares, 9, "51..=59");
+    let p = log.prune(80, 60, 25).await.unwrap();
+    assert_eq!(p.shares, 0, "60.. are not older than the cutoff");
+    let left = ids(log.clone()).await;
+    assert_eq!(left.first(), Some(&50));
+    assert_eq!(left.get(1), Some(&60));
+    // Everything is old now, but nothing past the accounted share goes.
+    let p = log.prune(80, i64::MAX, 1_000).await.unwrap();
+    assert_eq!(p.shares, 21, "60..=80");
+    let left = ids(log.clone()).await;
+    assert_eq!(left.len(), 1 + 40, "the block's share and 81..=120");
+    // All accounted: every old job row goes but the block's job (2) and the newest JOBS_KEPT_ROWS.
+    let p = log.prune(i64::MAX, i64::MAX, 10_000).await.unwrap();
+    assert_eq!(
+        p.shares, 39,
+        "81..=119: the newest row (120) stays, its id is the next id's floor"
+    );
+    assert_eq!(ids(log.clone()).await, vec![50, 120]);
+    log.append_share(share(3, 2000, false)).await.unwrap();
+    assert_eq!(ids(log.clone()).await, vec![50, 120, 121], "ids never go back");
+    assert_eq!(p.jobs, 9, "jobs 1 and 3..=10");
+    let jobs_left: Vec<i64> = sqlx::query_scalar("SELECT job_id FROM jobs ORDER BY job_id")
+        .fetch_all(log.db())
+        .await
+        .unwrap();
+    assert_eq!(jobs_left.first(), Some(&2), "the block's job stays");
+    assert_eq!(
+        jobs_left.len() as i64,
+        1 + JOBS_KEPT_ROWS,
+        "{:?}",
+        &jobs_left[..3]
+    );
+    assert_eq!(
+        log.max_job_id().await.unwrap(),
+        jobs as u64,
+        "the job counter resumes above every job"
+    );
+    assert_eq!(log.blocks().await.unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_shares_with_a_reason_and_retention_frees_it() {
+    // The share log capped at 64 KiB: as SQLite sees it, the disk fills after a few hundred shares.
+    let h = harness_with_log_cap(|c| c.initial_difficulty = Difficulty::MIN, Some(64 * 1024)).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.full");
+    m.handshake(&user).await;
+    let mut accepted = 0;
+    let mut refusal = None;
+    for id in 0..5_000u32 {
+        let (p, _) = m.find_plain_share(&user);
+        let r = m.submit(json!(id), &p).await;
+        match verdict(&r) {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                refusal = Some((r["error"][0].clone(), e));
+                break;
+            }
+        }
+    }
+    let (code, why) = refusal.expect("the capped share log never filled");
+    assert_eq!(code, 20);
+    assert_eq!(why, pool::session::SHARE_LOG_FULL);
+    assert!(accepted > 10, "only {accepted} shares fit");
+    assert_eq!(
+        h.pool.log().share_count().await.unwrap(),
+        accepted,
+        "every share answered true is logged, the refused one is not"
+    );
+    // The refused share was never marked seen: once retention frees pages it is accepted as new
+    // work (a refusal costs the miner nothing but the retry).
+    let freed = h.pool.log().prune(i64::MAX, i64::MAX, 1_000).await.unwrap();
+    assert!(freed.shares > 0);
+    let (p, _) = m.find_plain_share(&user);
+    assert_eq!(verdict(&m.submit(json!(9_999), &p).await), Ok(()));
+    h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_through_accounting_prunes_accounted_shares_and_blocks_are_still_credited() {
+    use pool::config::Retention;
+    // Everything is "old" at once: only what accounting still needs is kept. (The work log keeps
+    // 4 windows of the highest recent difficulty, more than this short run holds, so it keeps all;
+    // its floor is tested in `pool::accounting` and `ledger`.)
+    let tiny = Some(Duration::from_millis(1));
+    let mut t = two_miners_with(pool::config::Sharing::Pplns, 0, |c| {
+        c.retention = Retention {
+            share_log: tiny,
+            work_log: tiny,
+        }
+    })
+    .await;
+    t.mine(60).await;
+    let stats = t.h.pool.stats();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stats.pruned_shares.load(std::sync::atomic::Ordering::Relaxed) < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "share log retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Blocks found before and after pruning are all credited (their shares, jobs and windows kept).
+    t.mine(30).await;
+    let blocks = wait_all_credited(&t.h, &t.l).await;
+    let accepted = blocks.iter().filter(|(_, f)| f == "accepted").count();
+    assert!(accepted >= 3, "{blocks:?}");
+    let block_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM shares WHERE is_block = 1")
+        .fetch_one(t.h.pool.log().db())
+        .await
+        .unwrap();
+    assert!(block_rows as usize >= accepted, "block shares are kept");
+    // Nothing in the work log was lost to retention: every accepted share is there.
+    let max_id: i64 = sqlx::query_scalar("SELECT MAX(id) FROM shares")
+        .fetch_one(t.h.pool.log().db())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while t.l.work_high_water("pool").await.unwrap() < Some(max_id as u64) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accounting stalled at {:?} of {max_id}",
+            t.l.work_high_water("pool").await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let work = t.l.work_window("pool", u128::MAX).await.unwrap();
+    assert_eq!(
+        work.len() as u64,
+        stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        "pruned below {}, {} work records deleted, high water {:?}",
+        t.l.work_pruned_below("pool").await.unwrap(),
+        stats.pruned_work.load(std::sync::atomic::Ordering::Relaxed),
+        t.l.work_high_water("pool").await.unwrap()
+    );
+    let v = t.l.verify().await.unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    // The metrics say what retention deleted.
+    let (_, body) = {
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = api.local_addr().unwrap();
+        t.h.pool.serve_http(api);
+        http_get(addr, "/metrics").await
+    };
+    assert!(
+        body.contains("cloudmine_pool_retention_deleted_total{log=\"shares\"}"),
+        "{body}"
+    );
+    t.h.pool.shutdown().await;
 }
