@@ -617,18 +617,24 @@ fn pool_mode_until_both_credited(
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);
+        let mut seen = String::new();
         loop {
-            if let Ok(l) = ledger::Ledger::open(&ledger_url).await {
-                let a = l.balance(&bucket(&alice)).await.unwrap_or(0);
-                let b = l.balance(&bucket(&bob)).await.unwrap_or(0);
-                l.close().await;
-                if a > 0 && b > 0 {
-                    return;
+            match ledger::Ledger::open(&ledger_url).await {
+                Ok(l) => {
+                    let a = l.balance(&bucket(&alice)).await.unwrap_or(0);
+                    let b = l.balance(&bucket(&bob)).await.unwrap_or(0);
+                    let work = l.work_high_water("pool").await;
+                    l.close().await;
+                    if a > 0 && b > 0 {
+                        return;
+                    }
+                    seen = format!("alice {a}, bob {b}, work log at {work:?}");
                 }
+                Err(e) => seen = format!("ledger: {e}"),
             }
             assert!(
                 Instant::now() < deadline,
-                "no credits for both miners within 120 s"
+                "no credits for both miners within 120 s ({seen})"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
