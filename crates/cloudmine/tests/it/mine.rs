@@ -617,9 +617,8 @@ fn pool_mode_until_both_credited(
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(120);
-        let mut seen = String::new();
         loop {
-            match ledger::Ledger::open(&ledger_url).await {
+            let seen = match ledger::Ledger::open(&ledger_url).await {
                 Ok(l) => {
                     let a = l.balance(&bucket(&alice)).await.unwrap_or(0);
                     let b = l.balance(&bucket(&bob)).await.unwrap_or(0);
@@ -628,10 +627,10 @@ fn pool_mode_until_both_credited(
                     if a > 0 && b > 0 {
                         return;
                     }
-                    seen = format!("alice {a}, bob {b}, work log at {work:?}");
+                    format!("alice {a}, bob {b}, work log at {work:?}")
                 }
-                Err(e) => seen = format!("ledger: {e}"),
-            }
+                Err(e) => format!("ledger: {e}"),
+            };
             assert!(
                 Instant::now() < deadline,
                 "no credits for both miners within 120 s ({seen})"
