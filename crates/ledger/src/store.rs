@@ -1062,9 +1062,14 @@ impl Ledger {
         last_seq: u64,
         window: u128,
     ) -> Result<Option<(u64, u128)>, LedgerError> {
-        let rows = self.window_rows(source, last_seq, window).await?;
-        let work: u128 = rows.iter().map(|(_, _, w)| *w).sum();
-        Ok(rows.last().map(|(seq, _, _)| (*seq, work)))
+        let mut oldest = None;
+        let mut work = 0u128;
+        self.walk_window(source, last_seq, window, |seq, _, w| {
+            oldest = Some(seq);
+            work += w;
+        })
+        .await?;
+        Ok(oldest.map(|seq| (seq, work)))
     }
 
     /// The records of a window, newest first, as (seq, owner, work inside the window).
@@ -1075,6 +1080,22 @@ impl Ledger {
         window: u128,
     ) -> Result<Vec<(u64, String, u128)>, LedgerError> {
         let mut out = Vec::new();
+        self.walk_window(source, last_seq, window, |seq, owner, take| {
+            out.push((seq, owner, take))
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Calls `visit(seq, owner, work inside the window)` for each record of a window, newest first,
+    /// holding one page in memory at a time.
+    async fn walk_window(
+        &self,
+        source: &str,
+        last_seq: u64,
+        window: u128,
+        mut visit: impl FnMut(u64, String, u128),
+    ) -> Result<(), LedgerError> {
         let mut left = window;
         let mut before = i64::try_from(last_seq).map_or(i64::MAX, |s| s.saturating_add(1));
         // Pages are seq ranges, not LIMITs: each reads at most WINDOW_PAGE rows whatever plan the
@@ -1120,7 +1141,7 @@ impl Ledger {
                 let take = w.min(left);
                 left -= take;
                 if take > 0 {
-                    out.push((seq.unsigned_abs(), owner, take));
+                    visit(seq.unsigned_abs(), owner, take);
                 }
                 if left == 0 {
                     break;
@@ -1131,14 +1152,15 @@ impl Ledger {
         // deleted what the window asks for.
         if left > 0 {
             let below = self.work_pruned_below(source).await?;
-            if below > 0 && before.unsigned_abs() <= below {
+            // Retention deleted records of this source, and the window needs more than is left.
+            if below > 0 {
                 return Err(LedgerError::WorkPruned {
                     work_source: source.to_string(),
                     below,
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Records of `source` below this seq were deleted by retention (0: none).

@@ -876,7 +876,6 @@ impl Pruner {
         if let Err(e) = self.pass(share_log, ledger, stats, accounted, factor).await {
             tracing::warn!(error = %e, retry_in = ?PRUNE_RETRY, "retention failed (nothing is lost; the logs grow until it succeeds)");
             self.paused_until = Some(std::time::Instant::now() + PRUNE_RETRY);
-            self.floor = None;
         } else {
             self.paused_until = None;
         }
@@ -1007,6 +1006,17 @@ pub async fn ingest_loop(
                     .map_err(|e| e.to_string())?
                     .map_or(0, |h| i64::try_from(h).unwrap_or(i64::MAX)),
             };
+            // Retention deleted share rows below `pruned`; a cursor below it (a ledger restored from
+            // an older backup) would skip them without a word.
+            let pruned = share_log.pruned_below().await.map_err(|e| e.to_string())?;
+            if from.saturating_add(1) < pruned {
+                return Err(format!(
+                    "the ledger's work log ends at share {from}, but retention deleted the share log's rows below {pruned}: \
+                     shares {} to {} cannot be copied (restore a newer ledger, or a share log backup)",
+                    from.saturating_add(1),
+                    pruned - 1
+                ));
+            }
             let (recs, last) = ingest_once(&log, &ledger, from).await?;
             let n = recs.len();
             // The payee plan's window follows the copy; after a gap (a resume from the ledger's
@@ -1031,6 +1041,12 @@ pub async fn ingest_loop(
                     Some(a) => a,
                     None => pps_cursor(&ledger).await?,
                 };
+                if from.saturating_add(1) < pruned {
+                    return Err(format!(
+                        "PPS credits end at share {from}, but retention deleted the share log's rows below {pruned}: \
+                         they cannot be priced (restore a newer ledger, or a share log backup)"
+                    ));
+                }
                 let (read, to) = credit_shares(&log, &ledger, rule, from, last).await?;
                 pps_after = Some(to);
                 n = n.max(read);
@@ -1055,10 +1071,9 @@ pub async fn ingest_loop(
                 (Some(_), None) => 0,
                 (None, _) => last,
             };
-            let factor = rule
-                .as_ref()
-                .filter(|r| !r.sharing.per_share())
-                .map_or(0, |r| r.sharing.window_factor());
+            // The largest window of any scheme, whatever this run uses: a later run may switch to
+            // TIDES and must still find its windows.
+            let factor = crate::config::TIDES_WINDOW_FACTOR.max(crate::config::PPLNS_WINDOW_FACTOR);
             pruner
                 .step((&share_log, &ledger, &stats), &recs, accounted, factor)
                 .await;

@@ -106,6 +106,9 @@ enum Record {
     Prune(PruneRequest, oneshot::Sender<Result<Pruned, LogError>>),
 }
 
+/// Job rows are pruned only while at most this many shares wait for accounting.
+pub const JOBS_PRUNE_BACKLOG_MAX: i64 = 10_000;
+
 /// One retention step ([`ShareLog::prune`]).
 #[derive(Debug, Clone, Copy)]
 struct PruneRequest {
@@ -147,7 +150,7 @@ impl LogError {
             sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "13") => {
                 LogError::DiskFull(d.message().to_string())
             }
-            _ => LogError::db(e),
+            _ => LogError::Failed(e.to_string()),
         }
     }
 }
@@ -189,6 +192,9 @@ const SCHEMA: &[&str] = &[
         expected_fees_sat INTEGER NOT NULL CHECK (expected_fees_sat >= 0),
         shares_before INTEGER NOT NULL DEFAULT 0,
         payout_plan TEXT)",
+    // Retention: share rows below `below` were deleted (`ShareLog::prune`); accounting refuses a
+    // cursor below it (a ledger restored from an older backup would otherwise skip them silently).
+    "CREATE TABLE IF NOT EXISTS retention (name TEXT PRIMARY KEY, below INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS blocks (
         id INTEGER PRIMARY KEY,
         ts_ms INTEGER NOT NULL,
@@ -368,6 +374,15 @@ impl ShareLog {
             .map_err(|_| LogError::Failed("writer stopped before pruning".into()))?
     }
 
+    /// Share rows below this id were deleted by retention (0: none).
+    pub async fn pruned_below(&self) -> Result<i64, LogError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT below FROM retention WHERE name = 'shares'")
+            .fetch_optional(&self.db)
+            .await
+            .map_err(LogError::db)?;
+        Ok(v.unwrap_or(0))
+    }
+
     /// Number of shares logged.
     pub async fn share_count(&self) -> Result<i64, LogError> {
         let row = sqlx::query("SELECT COUNT(*) FROM shares")
@@ -512,13 +527,27 @@ async fn prune(conn: &mut sqlx::SqliteConnection, req: PruneRequest) -> Result<P
                 .await
                 .map_err(err)?
                 .rows_affected();
+            sqlx::query(
+                "INSERT INTO retention (name, below) VALUES ('shares', ?) \
+                 ON CONFLICT (name) DO UPDATE SET below = excluded.below WHERE excluded.below > retention.below",
+            )
+            .bind(upto.saturating_add(1))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        }
+        // Job rows wait while accounting is far behind: finding the oldest job of the unaccounted
+        // shares would scan them all on the writer.
+        if newest.saturating_sub(req.accounted_upto) > JOBS_PRUNE_BACKLOG_MAX {
+            tx.commit().await.map_err(err)?;
+            return Ok(out);
         }
     }
     out.jobs = sqlx::query(
         "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs WHERE ts_ms < ?1 \
            AND job_id <= (SELECT MAX(job_id) FROM jobs) - ?2 \
            AND job_id < COALESCE((SELECT MIN(job_id) FROM shares WHERE id > ?3), 9223372036854775807) \
-           AND job_id NOT IN (SELECT job_id FROM shares WHERE is_block = 1) \
+           AND job_id NOT IN (SELECT job_id FROM shares INDEXED BY shares_block_header WHERE is_block = 1) \
            ORDER BY job_id LIMIT ?4)",
     )
     .bind(req.older_than_ms)

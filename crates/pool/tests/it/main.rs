@@ -1856,8 +1856,14 @@ async fn share_log_retention_deletes_only_old_accounted_rows_and_keeps_blocks_an
             .unwrap()
     };
     // Accounted up to 80, older than ts 60, in chunks of 25: ids 1..=25 first.
+    assert_eq!(log.pruned_below().await.unwrap(), 0);
     let p = log.prune(80, 60, 25).await.unwrap();
     assert_eq!(p.shares, 25);
+    assert_eq!(
+        log.pruned_below().await.unwrap(),
+        26,
+        "the mark accounting checks its cursor against"
+    );
     // No job row goes: shares 81..=100 of job 1 are not accounted yet, and no job is below job 1.
     assert_eq!(p.jobs, 0);
     // 26..=50 but the block's share 50.
@@ -2016,4 +2022,47 @@ async fn retention_through_accounting_prunes_accounted_shares_and_blocks_are_sti
         "{body}"
     );
     t.h.pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_behind_the_pruned_share_log_is_refused_not_silently_skipped() {
+    // Shares accepted and accounted by an earlier ledger, then pruned; now a ledger restored from an
+    // older backup (here: empty) is fed: the shares in between are gone, and it must say so.
+    let h = harness(|c| c.initial_difficulty = Difficulty::MIN).await;
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.restored");
+    m.handshake(&user).await;
+    for id in 0..20u32 {
+        let (p, _) = m.find_plain_share(&user);
+        assert_eq!(verdict(&m.submit(json!(id), &p).await), Ok(()));
+    }
+    let p = h.pool.log().prune(i64::MAX, i64::MAX, 1_000).await.unwrap();
+    assert_eq!(p.shares, 19, "all but the newest");
+    let l = std::sync::Arc::new(
+        ledger::Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
+            .await
+            .unwrap(),
+    );
+    h.pool.feed_ledger(l.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        l.work_high_water("pool").await.unwrap(),
+        None,
+        "nothing copied: the newest share alone would hide 19 missing ones"
+    );
+    h.pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_database_error_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+        .await
+        .unwrap();
+    log.db().close().await;
+    let e = tokio::time::timeout(Duration::from_secs(5), log.max_job_id())
+        .await
+        .expect("an error, promptly")
+        .unwrap_err();
+    assert!(matches!(e, pool::share_log::LogError::Failed(_)), "{e}");
 }
