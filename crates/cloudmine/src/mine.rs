@@ -139,8 +139,9 @@ pub fn run(a: MineArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
+        let signal = crate::node::shutdown_signal();
         let signals = tokio::spawn(async move {
-            crate::node::shutdown_signal().await;
+            signal.await;
             s.cancel();
         });
         let r = miner::run::run(cfg, shutdown).await;

@@ -69,6 +69,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the JSON-RPC listener on {}", args.dev_rpc_listen))?;
     let addr = listener.local_addr()?;
+    // Installed before anything is announced (see `shutdown_signal`).
+    let stop = shutdown_signal();
     {
         let c = node.lock();
         println!(
@@ -97,7 +99,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let handler: Arc<dyn server::RpcHandler> = Arc::new(DevRpc::new(node.clone()));
-    server::serve(listener, handler, creds, shutdown_signal()).await?;
+    server::serve(listener, handler, creds, stop).await?;
     if let Some(t) = zmq {
         t.abort();
     }
@@ -134,24 +136,32 @@ pub(crate) fn write_private(path: &std::path::Path, body: &str) -> std::io::Resu
     f.sync_all()
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing readiness, so a signal sent right after the
+/// announcement stops the process in order (with a default handler it would just die).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(int) => {},
+                () = wait(term) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

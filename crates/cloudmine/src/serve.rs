@@ -519,6 +519,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let engine = payouts::Engine::with_signer(ledger.clone(), backend.clone(), signer, cfg);
         tokio::spawn(engine.run(payouts_token.clone()))
     });
+    // Installed before the ready line: a SIGTERM right after it still stops serve in order.
+    let stop = crate::node::shutdown_signal();
     println!(
         "cloudmine pool: stratum+tcp://{} (user = your {} address[.worker], any password; data {})",
         pool.local_addr(),
@@ -565,7 +567,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    crate::node::shutdown_signal().await;
+    stop.await;
     println!("shutting down: closing connections, draining the share log");
     payouts_token.cancel();
     if let Some(t) = payouts_task {
