@@ -766,6 +766,9 @@ pub const PRUNE_CHUNK: u64 = 2_000;
 /// Retention calls per log per accounting pass at most (a pass copies up to [`INGEST_BATCH`] shares,
 /// so retention deletes faster than shares arrive and keeps up at full load).
 pub const PRUNE_CALLS_PER_PASS: usize = 8;
+/// Retention passes at most this often while they find less than a full chunk to delete (each
+/// share-log pass takes a turn on the single writer).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(2);
 /// Pause after a failed retention step (the failure is logged; accounting goes on).
 pub const PRUNE_RETRY: Duration = Duration::from_secs(60);
 /// Marks kept by [`WorkFloor`] at most; past it every other one is dropped (the floor then moves
@@ -845,6 +848,8 @@ struct Pruner {
     retention: crate::config::Retention,
     floor: Option<WorkFloor>,
     paused_until: Option<std::time::Instant>,
+    /// When the last pass ran and whether it deleted a full chunk (then the next one runs at once).
+    last: Option<(std::time::Instant, bool)>,
 }
 
 impl Pruner {
@@ -853,6 +858,7 @@ impl Pruner {
             retention,
             floor: None,
             paused_until: None,
+            last: None,
         }
     }
 
@@ -873,7 +879,21 @@ impl Pruner {
         if self.paused_until.is_some_and(|t| std::time::Instant::now() < t) {
             return;
         }
-        if let Err(e) = self.pass(share_log, ledger, stats, accounted, factor).await {
+        if self
+            .last
+            .is_some_and(|(at, full)| !full && at.elapsed() < PRUNE_EVERY)
+        {
+            return;
+        }
+        let before = (
+            stats.pruned_shares.load(Ordering::Relaxed),
+            stats.pruned_work.load(Ordering::Relaxed),
+        );
+        let res = self.pass(share_log, ledger, stats, accounted, factor).await;
+        let full = stats.pruned_shares.load(Ordering::Relaxed) - before.0 >= PRUNE_CHUNK
+            || stats.pruned_work.load(Ordering::Relaxed) - before.1 >= PRUNE_CHUNK;
+        self.last = Some((std::time::Instant::now(), full));
+        if let Err(e) = res {
             tracing::warn!(error = %e, retry_in = ?PRUNE_RETRY, "retention failed (nothing is lost; the logs grow until it succeeds)");
             self.paused_until = Some(std::time::Instant::now() + PRUNE_RETRY);
         } else {
