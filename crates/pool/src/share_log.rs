@@ -224,6 +224,9 @@ impl ShareLog {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
+        // Commits never checkpoint (a checkpoint copies the WAL into the database and fsyncs it:
+        // milliseconds inside one share's commit); `checkpoint_loop` does it beside them.
+        opts = opts.pragma("wal_autocheckpoint", "0");
         if let Some(bytes) = max_bytes {
             opts = opts.pragma("max_page_count", (bytes / 4096).max(1).to_string());
         }
@@ -252,7 +255,13 @@ impl ShareLog {
                 .map_err(|e| LogError::Failed(format!("{}: schema: {e}", path.display())))?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        let writer = tokio::spawn(write_loop(db.clone(), rx));
+        // The checkpointer belongs to the writer: it stops when the writer does.
+        let (db2, db3) = (db.clone(), db.clone());
+        let writer = tokio::spawn(async move {
+            let checkpointer = tokio::spawn(checkpoint_loop(db3));
+            write_loop(db2, rx).await;
+            checkpointer.abort();
+        });
         Ok((ShareLog { tx, db }, writer))
     }
 
@@ -488,6 +497,36 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
     }
 }
 
+/// How often the WAL is checkpointed into the database, off the commit path (SQLite's automatic
+/// checkpoint, which runs inside the commit that crosses 1,000 WAL pages, is off).
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// WAL pages past which a checkpoint waits for readers and restarts the log (RESTART instead of
+/// PASSIVE) so the WAL cannot grow without bound under readers that never let it reset.
+pub const WAL_PAGES_RESTART: i64 = 65_536;
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a reader connection: PASSIVE (never blocks the
+/// writer; the writer restarts the WAL at its next commit once everything was copied), or RESTART
+/// past [`WAL_PAGES_RESTART`].
+async fn checkpoint_loop(db: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut restart = false;
+    loop {
+        tick.tick().await;
+        let sql = if restart {
+            "PRAGMA wal_checkpoint(RESTART)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        match sqlx::query_as::<_, (i64, i64, i64)>(sql).fetch_one(&db).await {
+            Ok((_, log, _)) => restart = log > WAL_PAGES_RESTART,
+            Err(e) => {
+                tracing::warn!(error = %e, "share log checkpoint failed (retried; the WAL grows meanwhile)")
+            }
+        }
+    }
+}
+
 /// One retention step on the writer's connection ([`ShareLog::prune`]).
 async fn prune(conn: &mut sqlx::SqliteConnection, req: PruneRequest) -> Result<Pruned, LogError> {
     use sqlx::Connection as _;
@@ -569,7 +608,7 @@ pub const ROWS_PER_INSERT: usize = 64;
 
 /// Inserts `shares` in order, at most [`ROWS_PER_INSERT`] per statement.
 async fn insert_shares(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     shares: &[(&ShareRecord, i64, i64)],
 ) -> Result<(), LogError> {
     for chunk in shares.chunks(ROWS_PER_INSERT) {
@@ -588,9 +627,18 @@ async fn insert_shares(
                 .push_bind(&s.header[..])
                 .push_bind(s.is_block);
         });
-        q.build().execute(&mut **tx).await.map_err(LogError::db)?;
+        q.build().execute(&mut *tx).await.map_err(LogError::db)?;
     }
     Ok(())
+}
+
+/// A share and its difficulty as the two columns of the fixed-point value (integer part, 32-bit
+/// fraction).
+fn share_row(s: &ShareRecord) -> Result<(&ShareRecord, i64, i64), LogError> {
+    let p = s.difficulty.to_fixed();
+    let int = i64::try_from(p >> 32).map_err(|_| LogError::Failed("difficulty too large".into()))?;
+    let frac = i64::try_from(p & 0xffff_ffff).unwrap_or(0);
+    Ok((s, int, frac))
 }
 
 async fn commit(
@@ -599,6 +647,18 @@ async fn commit(
 ) -> Result<(), LogError> {
     use sqlx::Connection as _;
     let err = LogError::db;
+    // The common case at low load: a few shares and nothing else. One multi-row INSERT is its own
+    // transaction (autocommit; durable when it returns, synchronous=FULL), which saves the BEGIN and
+    // COMMIT round trips to SQLite's thread on the latency every share waits for.
+    if batch.len() <= ROWS_PER_INSERT && batch.iter().all(|(r, _)| matches!(r, Record::Share(_))) {
+        let mut shares = Vec::with_capacity(batch.len());
+        for (r, _) in batch {
+            if let Record::Share(s) = r {
+                shares.push(share_row(s)?);
+            }
+        }
+        return insert_shares(conn, &shares).await;
+    }
     // Rows go in queue order: a job row's `shares_before` is the newest share queued before it.
     let mut tx = conn.begin().await.map_err(err)?;
     let mut shares = Vec::with_capacity(batch.len());
@@ -624,13 +684,7 @@ async fn commit(
                 .await
                 .map_err(err)?;
             }
-            Record::Share(s) => {
-                let p = s.difficulty.to_fixed();
-                let int =
-                    i64::try_from(p >> 32).map_err(|_| LogError::Failed("difficulty too large".into()))?;
-                let frac = i64::try_from(p & 0xffff_ffff).unwrap_or(0);
-                shares.push((s, int, frac));
-            }
+            Record::Share(s) => shares.push(share_row(s)?),
             Record::Block(b) => blocks.push(b),
             Record::Prune(..) => {} // run after the commit (write_loop)
         }

@@ -2066,3 +2066,46 @@ async fn a_database_error_is_an_error_not_a_hang() {
         .unwrap_err();
     assert!(matches!(e, pool::share_log::LogError::Failed(_)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_beside_the_commits() {
+    use pool::share_log::{ShareLog, ShareRecord, CHECKPOINT_EVERY};
+    // Commits never checkpoint (wal_autocheckpoint=0); the checkpointer copies the WAL into the
+    // database file every CHECKPOINT_EVERY. Without it the database file would keep its first size.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.sqlite");
+    let (log, _w) = ShareLog::open(&path).await.unwrap();
+    tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+    let before = std::fs::metadata(&path).unwrap().len();
+    let share = ShareRecord {
+        ts_ms: 1,
+        address: ADDR.into(),
+        worker: "w".into(),
+        job_id: 1,
+        difficulty: Difficulty::ONE,
+        extranonce1: vec![0; 4],
+        extranonce2: vec![0; 4],
+        header: [7; 80],
+        is_block: false,
+    };
+    let mut acks = Vec::new();
+    for _ in 0..2_000 {
+        acks.push(log.enqueue_share(share.clone()).await.unwrap());
+    }
+    for a in acks {
+        a.wait().await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = std::fs::metadata(&path).unwrap().len();
+        if after > before + 100_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {after} bytes (before {before}): no checkpoint ran"
+        );
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+    }
+    assert_eq!(log.share_count().await.unwrap(), 2_000);
+}
