@@ -8,13 +8,18 @@
 //!   connection (or of the previous response, on keep-alive): a slowloris client is closed.
 //! * [`HttpLimits::connection_time_max`]: one connection lives at most this long, whatever it does
 //!   (a slow body, an endless keep-alive); its in-flight request is answered first if it can be.
+//! * [`HttpLimits::connections_per_ip_max`]: open connections from one IP address at most; one
+//!   past it is answered `429 Too Many Requests` (naming the limit) and closed, so one client cannot
+//!   take every permit.
 //! * Shutdown: no new connections; open ones finish their request (at most
 //!   [`SHUTDOWN_GRACE`]) and close.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -28,6 +33,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct HttpLimits {
     /// Open connections at most.
     pub connections_max: usize,
+    /// Open connections from one IP address at most (past it: 429 and close).
+    pub connections_per_ip_max: usize,
     /// Time allowed for a request's head.
     pub header_read_timeout: Duration,
     /// Longest life of one connection.
@@ -35,10 +42,11 @@ pub struct HttpLimits {
 }
 
 impl Default for HttpLimits {
-    /// 256 connections, 10 s for a request head, 120 s per connection.
+    /// 256 connections (64 per IP address), 10 s for a request head, 120 s per connection.
     fn default() -> Self {
         HttpLimits {
             connections_max: 256,
+            connections_per_ip_max: 64,
             header_read_timeout: Duration::from_secs(10),
             connection_time_max: Duration::from_secs(120),
         }
@@ -53,6 +61,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.connections_max.max(1)));
+    let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
@@ -62,10 +71,10 @@ pub async fn serve(
             () = &mut shutdown => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => match r {
-                Ok((s, _)) => { backoff = Duration::from_millis(10); s }
+                Ok(x) => { backoff = Duration::from_millis(10); x }
                 Err(e) => {
                     tracing::warn!(error = %e, "HTTP accept failed");
                     tokio::time::sleep(backoff).await;
@@ -74,9 +83,26 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = PerIp::take(&per_ip, peer.ip(), limits.connections_per_ip_max) else {
+            drop(permit);
+            // Best effort (never waits): the refusal and its reason, then close.
+            let body = format!(
+                "too many connections from your address (connections_per_ip_max {})\n",
+                limits.connections_per_ip_max
+            );
+            let _ = stream.try_write(
+                format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            continue;
+        };
         let service = TowerToHyperService::new(app.clone());
         let mut stop = stop_rx.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -103,6 +129,38 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// One connection's place in the per-IP count, given back when dropped.
+struct PerIp {
+    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip`, or `None` if `ip` already has `max` open. The map holds only
+    /// addresses with open connections (at most `connections_max` entries).
+    fn take(map: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIp> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp { map: map.clone(), ip })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +193,7 @@ mod tests {
     async fn slowloris_is_closed_and_the_cap_holds_then_frees() {
         let limits = HttpLimits {
             connections_max: 2,
+            connections_per_ip_max: 2,
             header_read_timeout: Duration::from_millis(300),
             connection_time_max: Duration::from_secs(30),
         };
@@ -164,6 +223,7 @@ mod tests {
     async fn a_connection_lives_at_most_its_time() {
         let limits = HttpLimits {
             connections_max: 4,
+            connections_per_ip_max: 4,
             header_read_timeout: Duration::from_secs(30),
             connection_time_max: Duration::from_millis(400),
         };
@@ -179,5 +239,34 @@ mod tests {
             t >= Duration::from_millis(350) && t < Duration::from_secs(3),
             "{t:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_address_gets_at_most_its_share_of_connections() {
+        let limits = HttpLimits {
+            connections_max: 16,
+            connections_per_ip_max: 2,
+            header_read_timeout: Duration::from_secs(30),
+            connection_time_max: Duration::from_secs(30),
+        };
+        let (addr, _stop) = start(limits).await;
+        // Two idle connections from 127.0.0.1 hold its share...
+        let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...so a third is told why and closed, while the server has permits left.
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let refused = read_all(&mut c).await;
+        assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+        assert!(refused.contains("connections_per_ip_max 2"), "{refused}");
+        // Once one closes, the address is served again.
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut d = tokio::net::TcpStream::connect(addr).await.unwrap();
+        d.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_all(&mut d).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
 }

@@ -33,6 +33,7 @@ pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// a few connections open).
 pub const RPC_HTTP_LIMITS: crate::http::HttpLimits = crate::http::HttpLimits {
     connections_max: 64,
+    connections_per_ip_max: 32,
     header_read_timeout: std::time::Duration::from_secs(10),
     connection_time_max: std::time::Duration::from_secs(300),
 };

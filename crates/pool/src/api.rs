@@ -63,6 +63,7 @@ pub(crate) async fn serve(
 /// Connection limits of the API (`core_rpc::http`): dashboards and Prometheus keep few connections.
 pub const API_HTTP_LIMITS: core_rpc::http::HttpLimits = core_rpc::http::HttpLimits {
     connections_max: 256,
+    connections_per_ip_max: 64,
     header_read_timeout: std::time::Duration::from_secs(10),
     connection_time_max: std::time::Duration::from_secs(120),
 };
