@@ -43,6 +43,8 @@ pub(crate) fn warn_secret_flags(flags: &[(&str, &str)]) {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    // Installed first (see `shutdown_signal`).
+    let stop = shutdown_signal();
     warn_secret_flags(&[("--dev-rpc-auth", "CLOUDMINE_DEV_RPC_AUTH")]);
     let dir = args.data_dir.clone();
     let interval = args.dev_block_interval;
@@ -69,8 +71,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the JSON-RPC listener on {}", args.dev_rpc_listen))?;
     let addr = listener.local_addr()?;
-    // Installed before anything is announced (see `shutdown_signal`).
-    let stop = shutdown_signal();
     {
         let c = node.lock();
         println!(

@@ -233,6 +233,10 @@ pub struct ServeArgs {
     /// does not fit is refused.
     #[arg(long)]
     pub connections_max: Option<usize>,
+    /// Open HTTP API connections per IP address (IPv6: per /64) at most; one past it is answered
+    /// 429. Raise it behind a reverse proxy (every client then has the proxy's address).
+    #[arg(long, default_value_t = pool::api::API_HTTP_LIMITS.connections_per_ip_max as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_connections_per_ip_max: u64,
     /// Open Stratum connections per IP address at most (raise for a farm or proxy behind one address).
     #[arg(long, default_value_t = pool::config::CONNECTIONS_PER_IP_DEFAULT)]
     pub connections_per_ip_max: usize,
@@ -349,6 +353,9 @@ fn pool_payout(
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Installed first: a SIGTERM at any point after start (even before the ready line) stops serve
+    // in order (the RPC cookie removed, the share log drained).
+    let stop = crate::node::shutdown_signal();
     crate::node::warn_secret_flags(&[
         ("--dev-rpc-auth", "CLOUDMINE_DEV_RPC_AUTH"),
         ("--bitcoind-auth", "CLOUDMINE_BITCOIND_AUTH"),
@@ -469,6 +476,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         work_log: hours("--work-log-retention-hours", args.work_log_retention_hours)?,
     };
     cfg.connections_per_ip_max = args.connections_per_ip_max.max(1);
+    cfg.http_connections_per_ip_max = usize::try_from(args.http_connections_per_ip_max).unwrap_or(usize::MAX);
     cfg.vardiff.max = units::Difficulty::from_f64(args.max_difficulty).context("--max-difficulty")?;
     anyhow::ensure!(
         cfg.vardiff.min <= cfg.vardiff.max,
@@ -519,8 +527,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let engine = payouts::Engine::with_signer(ledger.clone(), backend.clone(), signer, cfg);
         tokio::spawn(engine.run(payouts_token.clone()))
     });
-    // Installed before the ready line: a SIGTERM right after it still stops serve in order.
-    let stop = crate::node::shutdown_signal();
     println!(
         "cloudmine pool: stratum+tcp://{} (user = your {} address[.worker], any password; data {})",
         pool.local_addr(),

@@ -33,7 +33,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct HttpLimits {
     /// Open connections at most.
     pub connections_max: usize,
-    /// Open connections from one IP address at most (past it: 429 and close).
+    /// Open connections from one IP address (IPv6: one /64) at most; past it: 429 and close. Behind
+    /// a reverse proxy every client has the proxy's address: raise it there.
     pub connections_per_ip_max: usize,
     /// Time allowed for a request's head.
     pub header_read_timeout: Duration,
@@ -62,6 +63,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.connections_max.max(1)));
     let per_ip: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
@@ -85,18 +87,15 @@ pub async fn serve(
         };
         let Some(slot) = PerIp::take(&per_ip, peer.ip(), limits.connections_per_ip_max) else {
             drop(permit);
-            // Best effort (never waits): the refusal and its reason, then close.
-            let body = format!(
-                "too many connections from your address (connections_per_ip_max {})\n",
-                limits.connections_per_ip_max
-            );
-            let _ = stream.try_write(
-                format!(
-                    "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
+            // The refusal and its reason, written by a task of its own (bounded in number and
+            // time: past REFUSALS_IN_FLIGHT the connection is just closed).
+            if let Ok(r) = refusals.clone().try_acquire_owned() {
+                let max = limits.connections_per_ip_max;
+                tracker.spawn(async move {
+                    let _r = r;
+                    let _ = tokio::time::timeout(REFUSAL_TIME_MAX, refuse(stream, max)).await;
+                });
+            }
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
@@ -131,6 +130,44 @@ pub async fn serve(
     Ok(())
 }
 
+/// Refusals (429) being written at once at most; past it a refused connection is just closed.
+pub const REFUSALS_IN_FLIGHT: usize = 64;
+/// Time one refusal may take (write, close, drain).
+pub const REFUSAL_TIME_MAX: Duration = Duration::from_secs(1);
+
+/// Answers `429 Too Many Requests` naming the limit, closes our side, and drains what the client
+/// sent (closing with unread bytes would reset the connection and could destroy the reply).
+async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!("too many connections from your address (connections_per_ip_max {max})\n");
+    let reply = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(reply.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// The address one per-IP count is kept for: IPv4 (also when mapped into IPv6) as it is, IPv6 by
+/// its /64 (one subscriber's prefix: a client must not escape the cap by rotating addresses in it).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// One connection's place in the per-IP count, given back when dropped.
 struct PerIp {
     map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
@@ -141,6 +178,7 @@ impl PerIp {
     /// Counts a connection from `ip`, or `None` if `ip` already has `max` open. The map holds only
     /// addresses with open connections (at most `connections_max` entries).
     fn take(map: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIp> {
+        let ip = ip_key(ip);
         let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= max.max(1) {
@@ -268,5 +306,16 @@ mod tests {
             .unwrap();
         let reply = read_all(&mut d).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::7".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(ip_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 }

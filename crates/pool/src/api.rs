@@ -49,15 +49,13 @@ pub(crate) async fn serve(
         .route("/api/client/{address}", get(public_pool_client))
         .route("/api/v1/ledger/{owner}", get(ledger_owner))
         .route("/api/v1/ledger/{owner}/blocks", get(ledger_blocks))
-        .route("/api/v1/ledger/{owner}/payouts", get(ledger_payouts))
-        .with_state(shared);
-    core_rpc::http::serve(
-        listener,
-        app,
-        API_HTTP_LIMITS,
-        async move { token.cancelled().await },
-    )
-    .await
+        .route("/api/v1/ledger/{owner}/payouts", get(ledger_payouts));
+    let limits = core_rpc::http::HttpLimits {
+        connections_per_ip_max: shared.cfg.http_connections_per_ip_max,
+        ..API_HTTP_LIMITS
+    };
+    let app = app.with_state(shared);
+    core_rpc::http::serve(listener, app, limits, async move { token.cancelled().await }).await
 }
 
 /// Connection limits of the API (`core_rpc::http`): dashboards and Prometheus keep few connections.

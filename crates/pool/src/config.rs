@@ -166,6 +166,9 @@ pub struct PoolConfig {
     pub ban_duration: Duration,
     /// How long the share log and the work log keep what accounting is done with.
     pub retention: Retention,
+    /// Open HTTP API connections per IP address (IPv6: per /64) at most
+    /// ([`crate::api::API_HTTP_LIMITS`]'s 64 by default; raise it behind a reverse proxy).
+    pub http_connections_per_ip_max: usize,
     /// Jobs kept per connection (older ones are stale).
     pub jobs_kept: usize,
     /// A new template on the same tip at least this often (clean_jobs = false).
@@ -223,6 +226,7 @@ impl PoolConfig {
             ledger_backlog_max: LEDGER_BACKLOG_DEFAULT,
             ban_duration: Duration::from_secs(600),
             retention: Retention::default(),
+            http_connections_per_ip_max: crate::api::API_HTTP_LIMITS.connections_per_ip_max,
             jobs_kept: 16,
             job_refresh_interval: Duration::from_secs(30),
             initial_difficulty: Difficulty::from_int(1),

@@ -226,7 +226,9 @@ impl ShareLog {
             .busy_timeout(std::time::Duration::from_secs(10));
         // Commits never checkpoint (a checkpoint copies the WAL into the database and fsyncs it:
         // milliseconds inside one share's commit); `checkpoint_loop` does it beside them.
-        opts = opts.pragma("wal_autocheckpoint", "0");
+        opts = opts
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_FILE_BYTES_KEPT.to_string());
         if let Some(bytes) = max_bytes {
             opts = opts.pragma("max_page_count", (bytes / 4096).max(1).to_string());
         }
@@ -258,8 +260,9 @@ impl ShareLog {
         // The checkpointer belongs to the writer: it stops when the writer does.
         let (db2, db3) = (db.clone(), db.clone());
         let writer = tokio::spawn(async move {
-            let checkpointer = tokio::spawn(checkpoint_loop(db3));
-            write_loop(db2, rx).await;
+            let wal_pages = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+            let checkpointer = tokio::spawn(checkpoint_loop(db3, wal_pages.clone()));
+            write_loop(db2, rx, wal_pages).await;
             checkpointer.abort();
         });
         Ok((ShareLog { tx, db }, writer))
@@ -426,7 +429,11 @@ impl ShareLog {
     }
 }
 
-async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sender<Result<(), LogError>>)>) {
+async fn write_loop(
+    db: SqlitePool,
+    mut rx: mpsc::Receiver<(Record, oneshot::Sender<Result<(), LogError>>)>,
+    wal_pages: std::sync::Arc<std::sync::atomic::AtomicI64>,
+) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     // One connection for every commit: its prepared statements stay cached (a pool would rotate
     // the writer over its connections, each with a cold cache and its own worker thread).
@@ -481,6 +488,22 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
         for (_, ack) in batch.drain(..) {
             let _ = ack.send(res.clone());
         }
+        // The background checkpoint fell behind: one here, with no commit running, copies
+        // everything, so the next commit restarts the WAL.
+        if wal_pages.load(std::sync::atomic::Ordering::Relaxed) > WAL_PAGES_INLINE {
+            if let Some(c) = conn.as_mut() {
+                match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&mut **c)
+                    .await
+                {
+                    Ok((_, log, done)) => {
+                        // What is left after it (0 once the WAL restarts at the next commit).
+                        wal_pages.store(log - done, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "share log checkpoint failed"),
+                }
+            }
+        }
         for (req, ack) in prunes {
             let res = match conn.as_mut() {
                 Some(c) => prune(c, req).await,
@@ -500,26 +523,28 @@ async fn write_loop(db: SqlitePool, mut rx: mpsc::Receiver<(Record, oneshot::Sen
 /// How often the WAL is checkpointed into the database, off the commit path (SQLite's automatic
 /// checkpoint, which runs inside the commit that crosses 1,000 WAL pages, is off).
 pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-/// WAL pages past which a checkpoint waits for readers and restarts the log (RESTART instead of
-/// PASSIVE) so the WAL cannot grow without bound under readers that never let it reset.
-pub const WAL_PAGES_RESTART: i64 = 65_536;
+/// WAL pages past which the writer itself checkpoints between two batches. A checkpoint beside
+/// commits that keep coming rarely copies the very last frame, and SQLite restarts the WAL from its
+/// start only after a checkpoint copied everything; one on the writer's connection, with no commit
+/// running, does, so the WAL stays bounded under any load (as with SQLite's automatic checkpoint,
+/// but only when the background one falls behind).
+pub const WAL_PAGES_INLINE: i64 = 4_096;
+/// The WAL file is truncated to this size when it restarts (it only grows otherwise).
+pub const WAL_FILE_BYTES_KEPT: u64 = 64 * 1024 * 1024;
 
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a reader connection: PASSIVE (never blocks the
-/// writer; the writer restarts the WAL at its next commit once everything was copied), or RESTART
-/// past [`WAL_PAGES_RESTART`].
-async fn checkpoint_loop(db: SqlitePool) {
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a reader connection, PASSIVE (it never waits
+/// for readers or the writer, so it never delays a commit), and publishes the WAL's size in pages
+/// for the writer ([`WAL_PAGES_INLINE`]).
+async fn checkpoint_loop(db: SqlitePool, wal_pages: std::sync::Arc<std::sync::atomic::AtomicI64>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut restart = false;
     loop {
         tick.tick().await;
-        let sql = if restart {
-            "PRAGMA wal_checkpoint(RESTART)"
-        } else {
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        };
-        match sqlx::query_as::<_, (i64, i64, i64)>(sql).fetch_one(&db).await {
-            Ok((_, log, _)) => restart = log > WAL_PAGES_RESTART,
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&db)
+            .await
+        {
+            Ok((_, log, _)) => wal_pages.store(log, std::sync::atomic::Ordering::Relaxed),
             Err(e) => {
                 tracing::warn!(error = %e, "share log checkpoint failed (retried; the WAL grows meanwhile)")
             }

@@ -2108,4 +2108,17 @@ async fn the_wal_is_checkpointed_beside_the_commits() {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
     }
     assert_eq!(log.share_count().await.unwrap(), 2_000);
+    // Under a steady stream of commits (each at least one WAL frame) the WAL keeps restarting:
+    // without checkpoints it would hold 10,000+ frames.
+    for _ in 0..10_000 {
+        log.append_share(share.clone()).await.unwrap();
+    }
+    let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(log.db())
+        .await
+        .unwrap();
+    assert!(
+        frames <= pool::share_log::WAL_PAGES_INLINE,
+        "{frames} frames in the WAL after 10,000 commits"
+    );
 }
