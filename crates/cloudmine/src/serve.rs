@@ -198,6 +198,11 @@ pub struct ServeArgs {
     /// least 1.
     #[arg(long, default_value_t = pool::config::SHARE_LOG_RETENTION_DEFAULT.as_secs() / 3600)]
     pub share_log_retention_hours: u64,
+    /// Largest size of the share log's database in MiB (default: no cap but the disk). At the cap,
+    /// shares are refused ("Pool storage full") until retention frees pages, exactly as on a full
+    /// disk; a cap keeps room on the disk for the deletes themselves and for the other files.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub share_log_max_mb: Option<u64>,
     /// Hours the ledger's work log keeps work records at least; records a payout window may still
     /// read (4 of the largest window behind the newest record) are kept whatever their age. 0: keep
     /// forever. At least 1.
@@ -483,7 +488,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "--min-difficulty is above --max-difficulty"
     );
     let db = args.data_dir.join("pool.sqlite");
-    let (log, writer) = pool::share_log::ShareLog::open(&db).await?;
+    let (log, writer) =
+        pool::share_log::ShareLog::open_with(&db, args.share_log_max_mb.map(|mb| mb * 1024 * 1024)).await?;
+    if let Some(mb) = args.share_log_max_mb {
+        println!(
+            "share log: at most {mb} MiB ({}); past it shares are refused until retention frees room",
+            db.display()
+        );
+    }
     let pool = Pool::start(cfg, backend.clone(), log, args.stratum_listen)
         .await
         .with_context(|| format!("binding the Stratum listener on {}", args.stratum_listen))?;

@@ -851,3 +851,55 @@ fn first_minute_on_a_fresh_dev_chain_with_defaults() {
 fn first_minute_on_a_hardened_dev_chain_with_defaults() {
     first_minute(true);
 }
+
+/// `serve --share-log-max-mb 1` (as on a full disk): once the share log is full, `cloudmine mine`
+/// sees its shares refused with the reason, never acknowledged, and every share it saw accepted is
+/// in the share log.
+#[test]
+fn a_share_log_at_its_size_cap_refuses_shares_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (served, addr) = super::serve_with(
+        dir.path(),
+        "127.0.0.1:0",
+        "0.00001", // pinned: a few hundred shares a second fill 1 MiB in seconds
+        true,
+        &["--share-log-max-mb", "1"],
+    );
+    let m = mine(&[
+        "-o",
+        &format!("stratum+tcp://{addr}"),
+        "-u",
+        &format!("{}.full", p2wsh_addr(1)),
+    ]);
+    m.wait("a share refused for a full share log", 120, |ev| {
+        ev.iter().any(|e| {
+            is(e, "share")
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("Pool storage full"))
+        })
+    });
+    let ev = m.stop();
+    drop(served);
+    let accepted = ev
+        .iter()
+        .filter(|e| is(e, "share") && e["result"] == "accepted")
+        .count() as i64;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let logged = rt.block_on(async {
+        let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+            .await
+            .unwrap();
+        log.share_count().await.unwrap()
+    });
+    assert!(accepted > 0);
+    assert!(
+        logged >= accepted,
+        "{accepted} shares acknowledged, {logged} in the share log"
+    );
+    let size = std::fs::metadata(dir.path().join("pool.sqlite")).unwrap().len();
+    assert!(
+        size <= 1024 * 1024,
+        "the database grew to {size} bytes past its 1 MiB cap"
+    );
+}
