@@ -1006,6 +1006,8 @@ pub async fn ingest_loop(
     let log = share_log.db().clone();
     let mut pruner = Pruner::new(retention);
     let mut after: Option<i64> = None;
+    // The last share copied by a pass that succeeded (kept across failures, for the backlog).
+    let mut copied: Option<i64> = None;
     // Blocks are re-examined from the start after a restart; crediting and settling are idempotent.
     let mut blocks_after: i64 = 0;
     let mut settled_after: i64 = 0;
@@ -1102,6 +1104,7 @@ pub async fn ingest_loop(
         let wait = match step.await {
             Ok((n, last, max)) => {
                 after = Some(last);
+                copied = Some(last);
                 stats
                     .ledger_backlog
                     .store(u64::try_from(max - last).unwrap_or(0), Ordering::Relaxed);
@@ -1116,6 +1119,22 @@ pub async fn ingest_loop(
                 after = None; // re-read the high-water mark: the ledger is the truth
                 pps_after = None;
                 rolling = None;
+                // The backlog bound holds while the ledger is down: shares logged since the last
+                // copy that succeeded, counted in the share log (which is local and up).
+                if let Some(c) = copied {
+                    match sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(id) FROM shares")
+                        .fetch_one(&log)
+                        .await
+                    {
+                        Ok(max) => stats.ledger_backlog.store(
+                            u64::try_from(max.unwrap_or(0).saturating_sub(c)).unwrap_or(0),
+                            Ordering::Relaxed,
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "share log unreadable; the backlog gauge keeps its last value")
+                        }
+                    }
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "ledger ingest failed; shares stay in the share log and will be copied later");
                 let w = backoff;
                 backoff = (backoff * 2).min(INGEST_RETRY_MAX);

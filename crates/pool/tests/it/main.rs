@@ -2122,3 +2122,49 @@ async fn the_wal_is_checkpointed_beside_the_commits() {
         "{frames} frames in the WAL after 10,000 commits"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_ledger_is_down_the_backlog_bound_still_holds() {
+    // The ledger goes away after one good pass: shares keep being logged, the backlog gauge keeps
+    // counting them from the share log, and past the bound shares are refused (not accepted without
+    // limit, as when the gauge was only updated by passes that succeeded).
+    let h = harness(|c| {
+        c.initial_difficulty = Difficulty::MIN;
+        c.ledger_backlog_max = 5;
+    })
+    .await;
+    let l = std::sync::Arc::new(
+        ledger::Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
+            .await
+            .unwrap(),
+    );
+    h.pool.feed_ledger(l.clone());
+    let mut m = Miner::connect(h.pool.local_addr()).await;
+    let user = format!("{ADDR}.down");
+    m.handshake(&user).await;
+    let (p, _) = m.find_plain_share(&user);
+    assert_eq!(verdict(&m.submit(json!(1), &p).await), Ok(()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while l.work_high_water("pool").await.unwrap() != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first share was never copied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    l.close().await; // the ledger is down from here on
+    let mut refused = None;
+    for id in 2..40u32 {
+        let (p, _) = m.find_plain_share(&user);
+        let r = m.submit(json!(id), &p).await;
+        if let Err(e) = verdict(&r) {
+            refused = Some((id, e));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // a few failed passes in between
+    }
+    let (id, why) = refused.expect("39 shares accepted while the ledger was down, bound 5");
+    assert!(why.contains("Accounting backlog full"), "{why}");
+    assert!(id <= 12, "refused only at share {id}");
+    h.pool.shutdown().await;
+}
