@@ -203,6 +203,8 @@ const SCHEMA: &[&str] = &[
         finder TEXT NOT NULL,
         block BLOB NOT NULL,
         fate TEXT NOT NULL)",
+    // Fates are written and blocks found by hash (set_block_fate, settlement).
+    "CREATE INDEX IF NOT EXISTS blocks_hash ON blocks(hash)",
 ];
 
 impl ShareLog {

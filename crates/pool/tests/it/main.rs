@@ -2168,3 +2168,21 @@ async fn while_the_ledger_is_down_the_backlog_bound_still_holds() {
     assert!(id <= 12, "refused only at share {id}");
     h.pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_block_is_found_by_its_hash_through_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+        .await
+        .unwrap();
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN UPDATE blocks SET fate = 'accepted' WHERE hash = 'x' AND fate = 'submitting'",
+    )
+    .fetch_all(log.db())
+    .await
+    .unwrap();
+    assert!(
+        plan.iter().any(|(_, _, _, d)| d.contains("blocks_hash")),
+        "{plan:?}"
+    );
+}
