@@ -2171,14 +2171,18 @@ async fn while_the_ledger_is_down_the_backlog_bound_still_holds() {
 
 #[tokio::test]
 async fn a_block_is_found_by_its_hash_through_an_index() {
+    use sqlx::Connection as _;
     let dir = tempfile::tempdir().unwrap();
-    let (log, _w) = pool::share_log::ShareLog::open(&dir.path().join("pool.sqlite"))
+    let path = dir.path().join("pool.sqlite");
+    let (_log, _w) = pool::share_log::ShareLog::open(&path).await.unwrap();
+    // A connection opened after the schema (the plan of one opened before may predate the index).
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
     let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
         "EXPLAIN QUERY PLAN UPDATE blocks SET fate = 'accepted' WHERE hash = 'x' AND fate = 'submitting'",
     )
-    .fetch_all(log.db())
+    .fetch_all(&mut c)
     .await
     .unwrap();
     assert!(
