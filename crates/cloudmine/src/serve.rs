@@ -564,10 +564,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 let acc = stats.accepted.load(Ordering::Relaxed);
                 let dt = last_t.elapsed().as_secs_f64().max(1e-3);
                 let n = acc.saturating_sub(last_acc);
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                let rate = stats.rate(now_ms);
+                let rate = stats.rate(pool::server::now_ms());
                 let t = *tip.borrow();
                 println!(
                     "miners {} | hashrate {} (last {:.0} s) | shares {:.1}/s (rejected {}) | height {} | blocks found {}",

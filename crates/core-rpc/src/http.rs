@@ -42,18 +42,6 @@ pub struct HttpLimits {
     pub connection_time_max: Duration,
 }
 
-impl Default for HttpLimits {
-    /// 256 connections (64 per IP address), 10 s for a request head, 120 s per connection.
-    fn default() -> Self {
-        HttpLimits {
-            connections_max: 256,
-            connections_per_ip_max: 64,
-            header_read_timeout: Duration::from_secs(10),
-            connection_time_max: Duration::from_secs(120),
-        }
-    }
-}
-
 /// Serves `app` on `listener` within `limits` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,

@@ -1045,12 +1045,10 @@ impl Ledger {
         last_seq: u64,
         window: u128,
     ) -> Result<Vec<(String, u128)>, LedgerError> {
-        Ok(self
-            .window_rows(source, last_seq, window)
-            .await?
-            .into_iter()
-            .map(|(_, owner, work)| (owner, work))
-            .collect())
+        let mut out = Vec::new();
+        self.walk_window(source, last_seq, window, |_, owner, take| out.push((owner, take)))
+            .await?;
+        Ok(out)
     }
 
     /// The oldest record (its seq) of the window [`Ledger::work_window_upto`] would read and the
@@ -1070,21 +1068,6 @@ impl Ledger {
         })
         .await?;
         Ok(oldest.map(|seq| (seq, work)))
-    }
-
-    /// The records of a window, newest first, as (seq, owner, work inside the window).
-    async fn window_rows(
-        &self,
-        source: &str,
-        last_seq: u64,
-        window: u128,
-    ) -> Result<Vec<(u64, String, u128)>, LedgerError> {
-        let mut out = Vec::new();
-        self.walk_window(source, last_seq, window, |seq, owner, take| {
-            out.push((seq, owner, take))
-        })
-        .await?;
-        Ok(out)
     }
 
     /// Calls `visit(seq, owner, work inside the window)` for each record of a window, newest first,
@@ -1190,16 +1173,12 @@ impl Ledger {
         let below = i64::try_from(below_seq).unwrap_or(i64::MAX);
         let chunk = i64::try_from(max_rows).unwrap_or(i64::MAX);
         on_pool!(&self.db, pool => {
-            let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM work_log WHERE source = $1")
-                .bind(source)
-                .fetch_one(pool)
-                .await
-                .map_err(classify)?;
-            let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM work_log WHERE source = $1")
-                .bind(source)
-                .fetch_one(pool)
-                .await
-                .map_err(classify)?;
+            let (oldest, newest): (Option<i64>, Option<i64>) =
+                sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM work_log WHERE source = $1")
+                    .bind(source)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(classify)?;
             let (Some(oldest), Some(newest)) = (oldest, newest) else { return Ok(0) };
             let bound = below.min(newest).min(oldest.saturating_add(chunk));
             let upto: Option<i64> = sqlx::query_scalar(

@@ -120,8 +120,7 @@ impl Vardiff {
         self.window_shares = self.window_shares.saturating_add(1);
         let elapsed = now_ms.saturating_sub(self.window_start_ms);
         if self.window_shares >= self.cfg.eval_shares || elapsed >= self.cfg.eval_window_ms {
-            let per_min = f64::from(self.window_shares) * 60_000.0 / elapsed.max(1) as f64;
-            let flood = per_min > self.cfg.flood_factor * self.cfg.shares_per_min;
+            let flood = self.flooding(now_ms);
             return self.evaluate(now_ms, flood);
         }
         None
@@ -138,7 +137,7 @@ impl Vardiff {
         None
     }
 
-    /// Whether the connection sends shares faster than the flood bound allows (for tests and metrics).
+    /// Whether the connection sends shares faster than the flood bound allows.
     pub fn flooding(&self, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.window_start_ms).max(1);
         f64::from(self.window_shares) * 60_000.0 / elapsed as f64

@@ -301,6 +301,16 @@ pub struct LoggedBlock<'a> {
     pub logged_ms: i64,
 }
 
+/// The work of a block at `bits` (hashes), at most 2^120 (a window factor times it stays in u128).
+fn work_of_bits(bits: u32) -> Result<u128, String> {
+    let target = units::Target::from_compact(bits).map_err(|e| e.to_string())?;
+    let w = block_work(target).map_err(|e| e.to_string())?;
+    if w.bits() > 120 {
+        return Err(format!("bits {bits:08x}: work out of range"));
+    }
+    Ok(w.low_u128())
+}
+
 /// Credits one accepted block (pool mode). `ingested` is the highest share id already in the
 /// ledger's work log.
 pub async fn credit_block(
@@ -359,11 +369,7 @@ pub async fn credit_block(
         .ok_or_else(|| format!("block {hash}: no coinbase"))?;
     let reward_sat: u64 = coinbase.output.iter().map(|o| o.value.to_sat()).sum();
     let reward = units::MilliSats::new(reward_sat.saturating_mul(1000)).map_err(|e| e.to_string())?;
-    let target = units::Target::from_compact(block.header.bits.to_consensus()).map_err(|e| e.to_string())?;
-    let w = block_work(target).map_err(|e| e.to_string())?;
-    if w.bits() > 120 {
-        return Err(format!("block {hash}: work out of range"));
-    }
+    let w = work_of_bits(block.header.bits.to_consensus()).map_err(|e| format!("block {hash}: {e}"))?;
     if sharing.per_share() {
         // PPS/FPPS: the miners were paid for every share already; the block refills the reserve.
         let postings = vec![
@@ -403,7 +409,7 @@ pub async fn credit_block(
             ));
         }
     }
-    let window = w.low_u128() * sharing.window_factor();
+    let window = w * sharing.window_factor();
     // PPLNS: the window ends at the block's own share. TIDES: it was fixed when the block's job was
     // issued, at the newest share durable then (its jobs row); a share from before job rows existed
     // falls back to the block's share, and the memo says so.
@@ -737,12 +743,7 @@ async fn refresh_plan(
     let Some(bits) = bits.and_then(|b| u32::try_from(b).ok()) else {
         return Ok(());
     };
-    let target = units::Target::from_compact(bits).map_err(|e| e.to_string())?;
-    let w = block_work(target).map_err(|e| e.to_string())?;
-    if w.bits() > 120 {
-        return Err(format!("bits {bits:08x}: work out of range"));
-    }
-    let window = w.low_u128() * sharing.window_factor();
+    let window = work_of_bits(bits)? * sharing.window_factor();
     let usable = match rolling.as_mut() {
         Some(r) if r.span().1 == last => r.span().0 == window || r.narrow_to(window),
         _ => false,
@@ -847,9 +848,8 @@ impl WorkFloor {
 struct Pruner {
     retention: crate::config::Retention,
     floor: Option<WorkFloor>,
-    paused_until: Option<std::time::Instant>,
-    /// When the last pass ran and whether it deleted a full chunk (then the next one runs at once).
-    last: Option<(std::time::Instant, bool)>,
+    /// No pass before this (after a failure, or a pass that found less than a full chunk).
+    next_at: Option<std::time::Instant>,
 }
 
 impl Pruner {
@@ -857,101 +857,111 @@ impl Pruner {
         Pruner {
             retention,
             floor: None,
-            paused_until: None,
-            last: None,
+            next_at: None,
         }
     }
 
     /// One pass after a copy of `recs`: share rows up to `accounted` and older than the share log's
-    /// retention; work records below the kept windows (`factor × W`, `factor` 0 without windows)
-    /// and older than the work log's retention. Failures are logged and retried after
-    /// [`PRUNE_RETRY`]; accounting goes on.
+    /// retention; work records below the kept windows (TIDES' `8·W`, the largest of any scheme,
+    /// whatever this run pays by: a later run may switch) and older than the work log's retention.
+    /// The next pass comes at once after a full chunk, after [`PRUNE_EVERY`] otherwise, and after
+    /// [`PRUNE_RETRY`] if this one failed (logged; accounting goes on).
     async fn step(
         &mut self,
         (share_log, ledger, stats): (&crate::share_log::ShareLog, &Ledger, &PoolStats),
         recs: &[WorkRecord],
         accounted: i64,
-        factor: u128,
     ) {
         if let Some(f) = self.floor.as_mut() {
             f.push(recs);
         }
-        if self.paused_until.is_some_and(|t| std::time::Instant::now() < t) {
+        if self.next_at.is_some_and(|t| std::time::Instant::now() < t) {
             return;
         }
-        if self
-            .last
-            .is_some_and(|(at, full)| !full && at.elapsed() < PRUNE_EVERY)
-        {
-            return;
-        }
-        let before = (
-            stats.pruned_shares.load(Ordering::Relaxed),
-            stats.pruned_work.load(Ordering::Relaxed),
-        );
-        let res = self.pass(share_log, ledger, stats, accounted, factor).await;
-        let full = stats.pruned_shares.load(Ordering::Relaxed) - before.0 >= PRUNE_CHUNK
-            || stats.pruned_work.load(Ordering::Relaxed) - before.1 >= PRUNE_CHUNK;
-        self.last = Some((std::time::Instant::now(), full));
-        if let Err(e) = res {
-            tracing::warn!(error = %e, retry_in = ?PRUNE_RETRY, "retention failed (nothing is lost; the logs grow until it succeeds)");
-            self.paused_until = Some(std::time::Instant::now() + PRUNE_RETRY);
-        } else {
-            self.paused_until = None;
-        }
+        let wait = match self.pass(share_log, ledger, accounted).await {
+            Ok((shares, work)) => {
+                stats.pruned_shares.fetch_add(shares, Ordering::Relaxed);
+                stats.pruned_work.fetch_add(work, Ordering::Relaxed);
+                if shares >= PRUNE_CHUNK || work >= PRUNE_CHUNK {
+                    Duration::ZERO
+                } else {
+                    PRUNE_EVERY
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?PRUNE_RETRY, "retention failed (nothing is lost; the logs grow until it succeeds)");
+                PRUNE_RETRY
+            }
+        };
+        self.next_at = Some(std::time::Instant::now() + wait);
     }
 
+    /// Returns the share rows and work records deleted.
     async fn pass(
         &mut self,
         share_log: &crate::share_log::ShareLog,
         ledger: &Ledger,
-        stats: &PoolStats,
         accounted: i64,
-        factor: u128,
-    ) -> Result<(), String> {
+    ) -> Result<(u64, u64), String> {
         let now = i64::try_from(crate::server::now_ms()).unwrap_or(i64::MAX);
         let cutoff = |age: Duration| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        let (mut shares, mut work) = (0, 0);
         if let Some(age) = self.retention.share_log {
             for _ in 0..PRUNE_CALLS_PER_PASS {
                 let p = share_log
                     .prune(accounted, cutoff(age), PRUNE_CHUNK)
                     .await
                     .map_err(|e| e.to_string())?;
-                stats.pruned_shares.fetch_add(p.shares, Ordering::Relaxed);
+                shares += p.shares;
                 if p.shares < PRUNE_CHUNK && p.jobs < PRUNE_CHUNK {
                     break;
                 }
             }
         }
         let Some(age) = self.retention.work_log else {
-            return Ok(());
+            return Ok((shares, work));
         };
-        let below = if factor == 0 {
-            accounted.unsigned_abs().saturating_add(1)
-        } else {
-            let Some(keep) = kept_work(share_log.db(), factor).await? else {
-                return Ok(());
-            };
-            let floor = match self.floor.as_mut() {
-                Some(f) => f,
-                None => self
-                    .floor
-                    .insert(WorkFloor::load(ledger, ledger_upto(ledger).await?, keep).await?),
-            };
-            floor.below(keep)
+        let factor = crate::config::TIDES_WINDOW_FACTOR.max(crate::config::PPLNS_WINDOW_FACTOR);
+        let Some(keep) = kept_work(share_log.db(), factor).await? else {
+            return Ok((shares, work));
         };
+        let floor = match self.floor.as_mut() {
+            Some(f) => f,
+            None => self
+                .floor
+                .insert(WorkFloor::load(ledger, ledger_upto(ledger).await?, keep).await?),
+        };
+        let below = floor.below(keep);
         for _ in 0..PRUNE_CALLS_PER_PASS {
             let n = ledger
                 .prune_work(SOURCE, below, cutoff(age), PRUNE_CHUNK)
                 .await
                 .map_err(|e| e.to_string())?;
-            stats.pruned_work.fetch_add(n, Ordering::Relaxed);
+            work += n;
             if n < PRUNE_CHUNK {
                 break;
             }
         }
-        Ok(())
+        Ok((shares, work))
     }
+}
+
+/// Refuses a cursor (`what` ends at share `from`) below the share rows retention deleted.
+async fn cursor_not_pruned(
+    share_log: &crate::share_log::ShareLog,
+    from: i64,
+    what: &str,
+) -> Result<(), String> {
+    let pruned = share_log.pruned_below().await.map_err(|e| e.to_string())?;
+    if from.saturating_add(1) < pruned {
+        return Err(format!(
+            "{what} ends at share {from}, but retention deleted the share log's rows below {pruned}: \
+             shares {} to {} cannot be accounted (restore a newer ledger, or a share log backup)",
+            from.saturating_add(1),
+            pruned - 1
+        ));
+    }
+    Ok(())
 }
 
 /// The newest record in the work log (0 if none).
@@ -977,14 +987,10 @@ async fn kept_work(log: &SqlitePool, factor: u128) -> Result<Option<u128>, Strin
     let mut largest: u128 = 0;
     for b in bits {
         let Ok(b) = u32::try_from(b) else { continue };
-        let Ok(target) = units::Target::from_compact(b) else {
+        if units::Target::from_compact(b).is_err() {
             continue;
-        };
-        let w = block_work(target).map_err(|e| e.to_string())?;
-        if w.bits() > 120 {
-            return Err(format!("bits {b:08x}: work out of range"));
         }
-        largest = largest.max(w.low_u128());
+        largest = largest.max(work_of_bits(b)?);
     }
     Ok((largest > 0).then(|| {
         largest
@@ -1020,25 +1026,20 @@ pub async fn ingest_loop(
     let mut rolling: Option<crate::payees::RollingWindow> = None;
     loop {
         let step = async {
+            // A cursor read again from the ledger may be below what retention deleted (a ledger
+            // restored from an older backup): refuse rather than skip the gap without a word.
             let from = match after {
                 Some(a) => a,
-                None => ledger
-                    .work_high_water(SOURCE)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_or(0, |h| i64::try_from(h).unwrap_or(i64::MAX)),
+                None => {
+                    let from = ledger
+                        .work_high_water(SOURCE)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_or(0, |h| i64::try_from(h).unwrap_or(i64::MAX));
+                    cursor_not_pruned(&share_log, from, "the ledger's work log").await?;
+                    from
+                }
             };
-            // Retention deleted share rows below `pruned`; a cursor below it (a ledger restored from
-            // an older backup) would skip them without a word.
-            let pruned = share_log.pruned_below().await.map_err(|e| e.to_string())?;
-            if from.saturating_add(1) < pruned {
-                return Err(format!(
-                    "the ledger's work log ends at share {from}, but retention deleted the share log's rows below {pruned}: \
-                     shares {} to {} cannot be copied (restore a newer ledger, or a share log backup)",
-                    from.saturating_add(1),
-                    pruned - 1
-                ));
-            }
             let (recs, last) = ingest_once(&log, &ledger, from).await?;
             let n = recs.len();
             // The payee plan's window follows the copy; after a gap (a resume from the ledger's
@@ -1053,22 +1054,17 @@ pub async fn ingest_loop(
                     rolling = None;
                 }
             }
-            let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM shares")
-                .fetch_one(&log)
-                .await
-                .map_err(|e| e.to_string())?;
+            let max = share_log.max_id().await.map_err(|e| e.to_string())?;
             let mut n = n;
             if let Some(rule) = rule.as_ref().filter(|r| r.sharing.per_share()) {
                 let from = match pps_after {
                     Some(a) => a,
-                    None => pps_cursor(&ledger).await?,
+                    None => {
+                        let from = pps_cursor(&ledger).await?;
+                        cursor_not_pruned(&share_log, from, "PPS credits").await?;
+                        from
+                    }
                 };
-                if from.saturating_add(1) < pruned {
-                    return Err(format!(
-                        "PPS credits end at share {from}, but retention deleted the share log's rows below {pruned}: \
-                         they cannot be priced (restore a newer ledger, or a share log backup)"
-                    ));
-                }
                 let (read, to) = credit_shares(&log, &ledger, rule, from, last).await?;
                 pps_after = Some(to);
                 n = n.max(read);
@@ -1090,16 +1086,10 @@ pub async fn ingest_loop(
             // Retention, once accounting is done with the rows (copied; credited under PPS/FPPS).
             let accounted = match (rule.as_ref().filter(|r| r.sharing.per_share()), pps_after) {
                 (Some(_), Some(p)) => p.min(last),
-                (Some(_), None) => 0,
-                (None, _) => last,
+                _ => last,
             };
-            // The largest window of any scheme, whatever this run uses: a later run may switch to
-            // TIDES and must still find its windows.
-            let factor = crate::config::TIDES_WINDOW_FACTOR.max(crate::config::PPLNS_WINDOW_FACTOR);
-            pruner
-                .step((&share_log, &ledger, &stats), &recs, accounted, factor)
-                .await;
-            Ok::<_, String>((n, last, max.unwrap_or(0)))
+            pruner.step((&share_log, &ledger, &stats), &recs, accounted).await;
+            Ok::<_, String>((n, last, max))
         };
         let wait = match step.await {
             Ok((n, last, max)) => {
@@ -1122,12 +1112,9 @@ pub async fn ingest_loop(
                 // The backlog bound holds while the ledger is down: shares logged since the last
                 // copy that succeeded, counted in the share log (which is local and up).
                 if let Some(c) = copied {
-                    match sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(id) FROM shares")
-                        .fetch_one(&log)
-                        .await
-                    {
+                    match share_log.max_id().await {
                         Ok(max) => stats.ledger_backlog.store(
-                            u64::try_from(max.unwrap_or(0).saturating_sub(c)).unwrap_or(0),
+                            u64::try_from(max.saturating_sub(c)).unwrap_or(0),
                             Ordering::Relaxed,
                         ),
                         Err(e) => {

@@ -25,7 +25,7 @@ pub const COINBASES_PER_JOB_MAX: usize = 100_000;
 
 /// The bytes a job adds to its coinbase scriptSig: its id, little-endian, without trailing zero
 /// bytes (at least one byte).
-pub fn job_tag(id: u64) -> Vec<u8> {
+fn job_tag(id: u64) -> Vec<u8> {
     let b = id.to_le_bytes();
     let len = 8 - (id.leading_zeros() as usize / 8);
     b.get(..len.max(1)).unwrap_or(&b).to_vec()

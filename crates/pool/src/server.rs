@@ -368,7 +368,8 @@ fn rand_u32() -> u32 {
     (t as u32) ^ ((t >> 32) as u32).rotate_left(13) ^ std::process::id()
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// The wall clock in unix milliseconds (the edge's clock; 0 before 1970).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

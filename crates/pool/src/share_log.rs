@@ -388,6 +388,15 @@ impl ShareLog {
             .map_err(|_| LogError::Failed("writer stopped before pruning".into()))?
     }
 
+    /// The newest share id (0 if none).
+    pub async fn max_id(&self) -> Result<i64, LogError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM shares")
+            .fetch_one(&self.db)
+            .await
+            .map_err(LogError::db)?;
+        Ok(v.unwrap_or(0))
+    }
+
     /// Share rows below this id were deleted by retention (0: none).
     pub async fn pruned_below(&self) -> Result<i64, LogError> {
         let v: Option<i64> = sqlx::query_scalar("SELECT below FROM retention WHERE name = 'shares'")
@@ -441,11 +450,13 @@ async fn write_loop(
     // the writer over its connections, each with a cold cache and its own worker thread).
     let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>> = None;
     let mut retry_jobs: Vec<JobRecord> = Vec::new();
+    // Retention steps run after the batch's commit and acknowledgements.
+    let mut prunes = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
+        sort(first, &mut batch, &mut prunes);
         while batch.len() < BATCH_MAX {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => sort(r, &mut batch, &mut prunes),
                 Err(_) => break,
             }
         }
@@ -457,16 +468,6 @@ async fn write_loop(
                 .collect();
             batch.splice(0..0, retried);
         }
-        // Retention steps run after this batch's commit and acknowledgements.
-        let mut prunes = Vec::new();
-        batch.retain_mut(|(r, _)| match r {
-            Record::Prune(req, ack) => {
-                let (dummy, _) = oneshot::channel();
-                prunes.push((*req, std::mem::replace(ack, dummy)));
-                false
-            }
-            _ => true,
-        });
         let res = if batch.is_empty() {
             Ok(())
         } else {
@@ -494,11 +495,8 @@ async fn write_loop(
         // everything, so the next commit restarts the WAL.
         if wal_pages.load(std::sync::atomic::Ordering::Relaxed) > WAL_PAGES_INLINE {
             if let Some(c) = conn.as_mut() {
-                match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-                    .fetch_one(&mut **c)
-                    .await
-                {
-                    Ok((_, log, done)) => {
+                match checkpoint(c).await {
+                    Ok((log, done)) => {
                         // What is left after it (0 once the WAL restarts at the next commit).
                         wal_pages.store(log - done, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -506,7 +504,7 @@ async fn write_loop(
                 }
             }
         }
-        for (req, ack) in prunes {
+        for (req, ack) in prunes.drain(..) {
             let res = match conn.as_mut() {
                 Some(c) => prune(c, req).await,
                 None => match db.acquire().await {
@@ -537,16 +535,38 @@ pub const WAL_FILE_BYTES_KEPT: u64 = 64 * 1024 * 1024;
 /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a reader connection, PASSIVE (it never waits
 /// for readers or the writer, so it never delays a commit), and publishes the WAL's size in pages
 /// for the writer ([`WAL_PAGES_INLINE`]).
+/// A batch's records go to the commit; retention steps wait for the commit to finish.
+type Ack = oneshot::Sender<Result<(), LogError>>;
+fn sort(
+    (r, ack): (Record, Ack),
+    batch: &mut Vec<(Record, Ack)>,
+    prunes: &mut Vec<(PruneRequest, oneshot::Sender<Result<Pruned, LogError>>)>,
+) {
+    match r {
+        Record::Prune(req, done) => prunes.push((req, done)),
+        r => batch.push((r, ack)),
+    }
+}
+
+/// A PASSIVE checkpoint on `c`: (WAL frames, frames copied into the database).
+async fn checkpoint(c: &mut sqlx::SqliteConnection) -> Result<(i64, i64), sqlx::Error> {
+    let (_, log, done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(c)
+        .await?;
+    Ok((log, done))
+}
+
 async fn checkpoint_loop(db: SqlitePool, wal_pages: std::sync::Arc<std::sync::atomic::AtomicI64>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&db)
-            .await
-        {
-            Ok((_, log, _)) => wal_pages.store(log, std::sync::atomic::Ordering::Relaxed),
+        let res = match db.acquire().await {
+            Ok(mut c) => checkpoint(&mut c).await,
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok((log, _)) => wal_pages.store(log, std::sync::atomic::Ordering::Relaxed),
             Err(e) => {
                 tracing::warn!(error = %e, "share log checkpoint failed (retried; the WAL grows meanwhile)")
             }
