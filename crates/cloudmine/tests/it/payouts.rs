@@ -383,18 +383,26 @@ async fn pplns_with_coinbase_payees_pays_on_chain_and_the_books_agree() {
     //    which the next blocks confirm.
     bury(&s.rpc, 101).await;
     let deadline = Instant::now() + Duration::from_secs(90);
+    // The maturity pass and the payout pass run apart: wait for both, a confirmed payout and no
+    // coinbase payment still immature (the last block found may mature a pass after the payout).
     loop {
-        let mut n = 0;
+        let (mut n, mut immature) = (0, 0);
         for who in [ALICE, bob] {
             let p = http_get(&s.http, &format!("/api/v1/ledger/{who}/payouts")).await;
             n += p["payouts"]
                 .as_array()
                 .map_or(0, |v| v.iter().filter(|x| x["state"] == "confirmed").count());
+            immature += p["coinbase"]
+                .as_array()
+                .map_or(0, |v| v.iter().filter(|x| x["state"] == "immature").count());
         }
-        if n > 0 {
+        if n > 0 && immature == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "no balance payout confirmed");
+        assert!(
+            Instant::now() < deadline,
+            "no balance payout confirmed ({n}) or a coinbase payment still immature ({immature})"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         bury(&s.rpc, 1).await;
     }
