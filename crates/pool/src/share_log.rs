@@ -155,6 +155,9 @@ impl Stage {
     }
 }
 
+/// How long a reader waits for the applier to copy what was acknowledged before it reads
+/// ([`ShareLog::flush`]) before it reads what SQLite has.
+pub const READ_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long the applier waits before retrying records SQLite refused (a full disk).
 pub const APPLY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long opening waits for another handle's applier (in this or another process) to let go of
@@ -470,6 +473,7 @@ impl ShareLog {
     /// Blocks whose intent was logged at or before `logged_before_ms` (unix ms) but whose fate was
     /// not (a crash between the two, or a fate write that failed): (hash, serialized block).
     pub async fn submitting_blocks(&self, logged_before_ms: i64) -> Result<Vec<(String, Vec<u8>)>, LogError> {
+        self.settled().await;
         sqlx::query_as::<_, (String, Vec<u8>)>(
             "SELECT hash, block FROM blocks WHERE fate = ? AND ts_ms <= ? ORDER BY id",
         )
@@ -534,8 +538,9 @@ impl ShareLog {
 
     /// Waits until every record acknowledged before the call is in SQLite (acknowledgement means
     /// durable in the journal; the applier copies it a moment later). Readers that must see their
-    /// own writes call it first; [`ShareLog::share_count`], [`ShareLog::headers`] and
-    /// [`ShareLog::blocks`] do. A read-only handle has nothing of its own to wait for.
+    /// own writes call it first; [`ShareLog::share_count`], [`ShareLog::headers`],
+    /// [`ShareLog::blocks`] and [`ShareLog::submitting_blocks`] do, for at most
+    /// [`READ_FLUSH_WAIT`]. A read-only handle has nothing of its own to wait for.
     pub async fn flush(&self) -> Result<(), LogError> {
         if self.read_only.is_some() {
             return Ok(());
@@ -548,9 +553,17 @@ impl ShareLog {
         rx.await.map_err(|_| self.stopped())
     }
 
+    /// [`ShareLog::flush`] for readers, bounded by [`READ_FLUSH_WAIT`]: while SQLite refuses
+    /// records (a full disk) a reader gets what is there rather than waiting for room.
+    async fn settled(&self) {
+        if tokio::time::timeout(READ_FLUSH_WAIT, self.flush()).await.is_err() {
+            tracing::warn!("share log read without the newest records: SQLite has not taken them yet");
+        }
+    }
+
     /// Number of shares logged.
     pub async fn share_count(&self) -> Result<i64, LogError> {
-        self.flush().await?;
+        self.settled().await;
         let row = sqlx::query("SELECT COUNT(*) FROM shares")
             .fetch_one(&self.db)
             .await
@@ -560,7 +573,7 @@ impl ShareLog {
 
     /// Headers of every logged share, oldest first (audits and tests).
     pub async fn headers(&self) -> Result<Vec<Vec<u8>>, LogError> {
-        self.flush().await?;
+        self.settled().await;
         let rows = sqlx::query("SELECT header FROM shares ORDER BY id")
             .fetch_all(&self.db)
             .await
@@ -572,7 +585,7 @@ impl ShareLog {
 
     /// Hashes (display hex) and fates of logged blocks, oldest first.
     pub async fn blocks(&self) -> Result<Vec<(String, String)>, LogError> {
-        self.flush().await?;
+        self.settled().await;
         sqlx::query_as::<_, (String, String)>("SELECT hash, fate FROM blocks ORDER BY id")
             .fetch_all(&self.db)
             .await
