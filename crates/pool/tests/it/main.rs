@@ -1193,7 +1193,9 @@ async fn pool_mode_pps_pays_every_share_at_once_exactly() {
     let accepted = t.mine(30).await;
     let TwoMiners { h, l, alice, bob, .. } = t;
     assert!(accepted >= 10, "{accepted} shares accepted");
-    // Every logged share credited: the PPS cursor reaches the newest share.
+    // Every logged share credited: the PPS cursor reaches the newest share (every acknowledged
+    // share in SQLite first).
+    h.pool.log().flush().await.unwrap();
     let db = h.pool.log().db().clone();
     let (max_id,): (i64,) = sqlx::query_as("SELECT MAX(id) FROM shares")
         .fetch_one(&db)
