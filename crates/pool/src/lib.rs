@@ -22,7 +22,6 @@ pub mod accounting;
 pub mod api;
 pub mod config;
 pub mod jobs;
-pub mod journal;
 pub mod payees;
 pub mod server;
 pub mod session;

@@ -1,27 +1,13 @@
 //! The durable log of accepted shares and found blocks.
 //!
-//! Two stages. The **journal** ([`crate::journal`], a directory beside the database) is the point
-//! of durability: one thread takes records from a bounded queue ([`QUEUE_MAX`]), writes whatever is
-//! waiting (up to [`BATCH_MAX`]) as one checksummed frame, `fdatasync`s it and only then
-//! acknowledges each record, so a share is answered `true` only once it is on disk and a `kill -9`
-//! (or a power cut) at any moment loses no acknowledged share or block. The **applier** then copies
-//! the records, in journal order, into SQLite (WAL, `synchronous=NORMAL`) for accounting and the
-//! API, recording the last journal sequence number applied in the same transaction
-//! (`journal_applied`). Opening replays what SQLite lacks from the journal; a journal segment is
-//! deleted only after a `synchronous=FULL` commit made everything in it durable in SQLite.
-//!
-//! Acknowledgement costs one append and one `fdatasync`, without SQLite's B-tree work or a hop to
-//! its thread on the path (the low-load latency in `BENCHMARKS.md`, session 14). While SQLite cannot
-//! take records (a full disk or the size cap), the applier retries and new shares are refused with
-//! the reason; acknowledged ones wait in the journal. One process owns a share log (a lock file in
-//! the journal directory); another opens it read-only.
+//! SQLite in the data directory, WAL journal, `synchronous=FULL`. One writer task takes records from a
+//! bounded queue ([`QUEUE_MAX`]), groups whatever is waiting (up to [`BATCH_MAX`]) into one transaction
+//! and acknowledges each record only after the commit returns: a share is answered `true` only once
+//! its row is on disk, and a `kill -9` at any moment loses no acknowledged share or block.
 
-use crate::journal::{Frame, Journal, JournalError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use tokio::sync::{mpsc, oneshot};
 use units::Difficulty;
 
@@ -113,56 +99,12 @@ pub struct JobRecord {
     pub payout_plan: Option<String>,
 }
 
-/// A record that goes through the journal.
-#[derive(Debug)]
 enum Record {
     Share(ShareRecord),
     Block(BlockRecord),
     Job(JobRecord),
+    Prune(PruneRequest, oneshot::Sender<Result<Pruned, LogError>>),
 }
-
-/// Work for the applier, in order: journaled records and block fates.
-#[derive(Debug)]
-enum Apply {
-    Logged(u64, Record),
-    Fate {
-        hash: String,
-        fate: String,
-    },
-    /// Answered once everything before it is in SQLite ([`ShareLog::flush`]).
-    Flush(oneshot::Sender<()>),
-}
-
-/// What the journal thread and the applier share.
-#[derive(Debug, Default)]
-struct Stage {
-    /// Why SQLite cannot take records now (new shares are refused with it), if it cannot.
-    stalled: Mutex<Option<LogError>>,
-    /// Journal sequence numbers up to this are durable in SQLite.
-    durable: AtomicU64,
-    /// The last sequence number of the newest closed journal segment (0: none).
-    closed_upto: AtomicU64,
-}
-
-impl Stage {
-    fn stalled(&self) -> Option<LogError> {
-        self.stalled.lock().ok().and_then(|g| g.clone())
-    }
-    fn set_stalled(&self, e: Option<LogError>) {
-        if let Ok(mut g) = self.stalled.lock() {
-            *g = e;
-        }
-    }
-}
-
-/// How long a reader waits for the applier to copy what was acknowledged before it reads
-/// ([`ShareLog::flush`]) before it reads what SQLite has.
-pub const READ_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long the applier waits before retrying records SQLite refused (a full disk).
-pub const APPLY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-/// How long opening waits for another handle's applier (in this or another process) to let go of
-/// the journal before opening read-only.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Job rows are pruned only while at most this many shares wait for accounting.
 pub const JOBS_PRUNE_BACKLOG_MAX: i64 = 10_000;
@@ -202,15 +144,6 @@ pub enum LogError {
 }
 
 impl LogError {
-    /// Classifies a journal error (a full disk is [`LogError::DiskFull`]).
-    fn journal(e: JournalError) -> LogError {
-        if e.is_disk_full() {
-            LogError::DiskFull(e.to_string())
-        } else {
-            LogError::Failed(e.to_string())
-        }
-    }
-
     /// Classifies a database error (SQLite's `SQLITE_FULL`, code 13, is [`LogError::DiskFull`]).
     fn db(e: sqlx::Error) -> LogError {
         match &e {
@@ -222,25 +155,11 @@ impl LogError {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), LogError>>;
-type PruneAck = oneshot::Sender<Result<Pruned, LogError>>;
-
 /// Handle to the share log.
 #[derive(Clone, Debug)]
 pub struct ShareLog {
-    tx: mpsc::Sender<(Record, Option<Ack>)>,
-    apply: mpsc::Sender<Apply>,
-    prunes: mpsc::Sender<(PruneRequest, PruneAck)>,
+    tx: mpsc::Sender<(Record, oneshot::Sender<Result<(), LogError>>)>,
     db: SqlitePool,
-    /// Why this handle cannot write (another process owns the log), if it cannot.
-    read_only: Option<Arc<str>>,
-}
-
-/// The journal directory of the share log at `path`: `<path>.journal`.
-pub fn journal_dir(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".journal");
-    PathBuf::from(p)
 }
 
 const SCHEMA: &[&str] = &[
@@ -286,9 +205,6 @@ const SCHEMA: &[&str] = &[
         fate TEXT NOT NULL)",
     // Fates are written and blocks found by hash (set_block_fate, settlement).
     "CREATE INDEX IF NOT EXISTS blocks_hash ON blocks(hash)",
-    // The last journal sequence number applied, written in each applier transaction.
-    "CREATE TABLE IF NOT EXISTS journal_applied (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL CHECK (seq >= 0))",
-    "INSERT OR IGNORE INTO journal_applied (id, seq) VALUES (1, 0)",
 ];
 
 impl ShareLog {
@@ -308,7 +224,7 @@ impl ShareLog {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
         // Commits never checkpoint (a checkpoint copies the WAL into the database and fsyncs it:
         // milliseconds inside one share's commit); `checkpoint_loop` does it beside them.
@@ -321,7 +237,7 @@ impl ShareLog {
         // One writer plus readers for the API.
         let db = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts.clone())
+            .connect_with(opts)
             .await
             .map_err(|e| LogError::Failed(format!("opening {}: {e}", path.display())))?;
         for stmt in SCHEMA {
@@ -343,67 +259,15 @@ impl ShareLog {
                 .map_err(|e| LogError::Failed(format!("{}: schema: {e}", path.display())))?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        let (apply, apply_rx) = mpsc::channel(QUEUE_MAX);
-        let (prunes, prune_rx) = mpsc::channel(16);
-        let dir = journal_dir(path);
-        let Some(lock) = lock_journal(&dir).await? else {
-            tracing::warn!(journal = %dir.display(), "share log opened read-only: another handle or process owns it");
-            let read_only = Some(Arc::from(format!(
-                "{} is open for writing elsewhere (lock on {}); this handle only reads",
-                path.display(),
-                dir.display()
-            )));
-            let log = ShareLog {
-                tx,
-                apply,
-                prunes,
-                db,
-                read_only,
-            };
-            return Ok((log, tokio::spawn(async {})));
-        };
-        // The applier's own connection, outside the readers' pool: its prepared statements stay
-        // cached, and closing the pool (readers) never waits for it.
-        let mut conn = None;
-        let next = replay(writer_conn(&opts, &mut conn).await?, &dir).await?;
-        let journal = Journal::start(&dir, next).map_err(LogError::journal)?;
-        let stage = Arc::new(Stage {
-            durable: AtomicU64::new(next - 1),
-            ..Stage::default()
-        });
-        let (apply_tx, stage2) = (apply.clone(), stage.clone());
-        let journaler = std::thread::Builder::new()
-            .name("share-journal".into())
-            .spawn(move || journal_loop(journal, rx, apply_tx, stage2))
-            .map_err(|e| LogError::Failed(format!("starting the journal thread: {e}")))?;
-        // The checkpointer belongs to the applier: it stops when the applier does; the applier ends
-        // once every handle and the journal thread are gone, and holds the journal's lock till then.
-        let db3 = db.clone();
+        // The checkpointer belongs to the writer: it stops when the writer does.
+        let (db2, db3) = (db.clone(), db.clone());
         let writer = tokio::spawn(async move {
-            let wal_pages = Arc::new(std::sync::atomic::AtomicI64::new(0));
+            let wal_pages = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
             let checkpointer = tokio::spawn(checkpoint_loop(db3, wal_pages.clone()));
-            apply_loop(opts, conn, apply_rx, prune_rx, stage, wal_pages).await;
+            write_loop(db2, rx, wal_pages).await;
             checkpointer.abort();
-            let _ = tokio::task::spawn_blocking(move || journaler.join()).await;
-            drop(lock);
         });
-        Ok((
-            ShareLog {
-                tx,
-                apply,
-                prunes,
-                db,
-                read_only: None,
-            },
-            writer,
-        ))
-    }
-
-    fn stopped(&self) -> LogError {
-        match &self.read_only {
-            Some(why) => LogError::Failed(why.to_string()),
-            None => LogError::Failed("writer stopped".into()),
-        }
+        Ok((ShareLog { tx, db }, writer))
     }
 
     /// Appends a share and waits until it is committed.
@@ -417,20 +281,21 @@ impl ShareLog {
     pub async fn enqueue_share(&self, r: ShareRecord) -> Result<Committed, LogError> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send((Record::Share(r), Some(ack)))
+            .send((Record::Share(r), ack))
             .await
-            .map_err(|_| self.stopped())?;
+            .map_err(|_| LogError::Failed("writer stopped".into()))?;
         Ok(Committed(done))
     }
 
     /// Queues a job's row without waiting: every share of the job is queued after it (the job is
-    /// published only once this returns) and the journal writes in queue order, so a share is never
-    /// durable before its job; a job row whose write failed is retried with the next frame.
+    /// published only once this returns) and the single writer commits in queue order, so a share
+    /// is never durable before its job; a job row whose commit failed is retried with the next batch.
     pub async fn enqueue_job(&self, r: JobRecord) -> Result<(), LogError> {
+        let (ack, _done) = oneshot::channel();
         self.tx
-            .send((Record::Job(r), None))
+            .send((Record::Job(r), ack))
             .await
-            .map_err(|_| self.stopped())
+            .map_err(|_| LogError::Failed("writer stopped".into()))
     }
 
     /// The highest job number logged (0 if none): new job numbers start above it, so they are
@@ -457,23 +322,21 @@ impl ShareLog {
         self.submit(Record::Block(r)).await
     }
 
-    /// Records the chain's answer for a block whose intent row ([`FATE_SUBMITTING`]) is logged:
-    /// queued behind the intent for the applier (not waited for; a fate lost to a crash leaves the
-    /// intent, which is settled against the chain again).
+    /// Records the chain's answer for a block whose intent row ([`FATE_SUBMITTING`]) is logged.
     pub async fn set_block_fate(&self, hash: &str, fate: &str) -> Result<(), LogError> {
-        self.apply
-            .send(Apply::Fate {
-                hash: hash.to_string(),
-                fate: fate.to_string(),
-            })
+        sqlx::query("UPDATE blocks SET fate = ? WHERE hash = ? AND fate = ?")
+            .bind(fate)
+            .bind(hash)
+            .bind(FATE_SUBMITTING)
+            .execute(&self.db)
             .await
-            .map_err(|_| self.stopped())
+            .map(|_| ())
+            .map_err(LogError::db)
     }
 
     /// Blocks whose intent was logged at or before `logged_before_ms` (unix ms) but whose fate was
     /// not (a crash between the two, or a fate write that failed): (hash, serialized block).
     pub async fn submitting_blocks(&self, logged_before_ms: i64) -> Result<Vec<(String, Vec<u8>)>, LogError> {
-        self.settled().await;
         sqlx::query_as::<_, (String, Vec<u8>)>(
             "SELECT hash, block FROM blocks WHERE fate = ? AND ts_ms <= ? ORDER BY id",
         )
@@ -486,7 +349,10 @@ impl ShareLog {
 
     async fn submit(&self, r: Record) -> Result<(), LogError> {
         let (ack, done) = oneshot::channel();
-        self.tx.send((r, Some(ack))).await.map_err(|_| self.stopped())?;
+        self.tx
+            .send((r, ack))
+            .await
+            .map_err(|_| LogError::Failed("writer stopped".into()))?;
         done.await
             .map_err(|_| LogError::Failed("writer stopped before committing".into()))?
     }
@@ -499,8 +365,9 @@ impl ShareLog {
     /// and settled by its share's header and job), the newest [`JOBS_KEPT_ROWS`] jobs, and the jobs
     /// of shares not yet accounted. Rows go in id order: a share is deleted once a share logged
     /// after it (up to the step's newest) is older than the cutoff, so ages within a step differ by
-    /// the commit queue's wait (milliseconds). It runs on the applier between its transactions,
-    /// off the acknowledgements' path (and while SQLite refuses records, so that it can free room).
+    /// the commit queue's wait (milliseconds). It runs on the writer between group commits, after
+    /// the acknowledgements of the batch before it, so it delays no waiting share by more than one
+    /// step.
     pub async fn prune(
         &self,
         accounted_upto: i64,
@@ -513,7 +380,10 @@ impl ShareLog {
             older_than_ms,
             max_rows: i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX),
         };
-        self.prunes.send((req, ack)).await.map_err(|_| self.stopped())?;
+        self.tx
+            .send((Record::Prune(req, ack), oneshot::channel().0))
+            .await
+            .map_err(|_| LogError::Failed("writer stopped".into()))?;
         done.await
             .map_err(|_| LogError::Failed("writer stopped before pruning".into()))?
     }
@@ -536,34 +406,8 @@ impl ShareLog {
         Ok(v.unwrap_or(0))
     }
 
-    /// Waits until every record acknowledged before the call is in SQLite (acknowledgement means
-    /// durable in the journal; the applier copies it a moment later). Readers that must see their
-    /// own writes call it first; [`ShareLog::share_count`], [`ShareLog::headers`],
-    /// [`ShareLog::blocks`] and [`ShareLog::submitting_blocks`] do, for at most
-    /// [`READ_FLUSH_WAIT`]. A read-only handle has nothing of its own to wait for.
-    pub async fn flush(&self) -> Result<(), LogError> {
-        if self.read_only.is_some() {
-            return Ok(());
-        }
-        let (tx, rx) = oneshot::channel();
-        self.apply
-            .send(Apply::Flush(tx))
-            .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())
-    }
-
-    /// [`ShareLog::flush`] for readers, bounded by [`READ_FLUSH_WAIT`]: while SQLite refuses
-    /// records (a full disk) a reader gets what is there rather than waiting for room.
-    async fn settled(&self) {
-        if tokio::time::timeout(READ_FLUSH_WAIT, self.flush()).await.is_err() {
-            tracing::warn!("share log read without the newest records: SQLite has not taken them yet");
-        }
-    }
-
     /// Number of shares logged.
     pub async fn share_count(&self) -> Result<i64, LogError> {
-        self.settled().await;
         let row = sqlx::query("SELECT COUNT(*) FROM shares")
             .fetch_one(&self.db)
             .await
@@ -573,7 +417,6 @@ impl ShareLog {
 
     /// Headers of every logged share, oldest first (audits and tests).
     pub async fn headers(&self) -> Result<Vec<Vec<u8>>, LogError> {
-        self.settled().await;
         let rows = sqlx::query("SELECT header FROM shares ORDER BY id")
             .fetch_all(&self.db)
             .await
@@ -585,7 +428,6 @@ impl ShareLog {
 
     /// Hashes (display hex) and fates of logged blocks, oldest first.
     pub async fn blocks(&self) -> Result<Vec<(String, String)>, LogError> {
-        self.settled().await;
         sqlx::query_as::<_, (String, String)>("SELECT hash, fate FROM blocks ORDER BY id")
             .fetch_all(&self.db)
             .await
@@ -598,426 +440,84 @@ impl ShareLog {
     }
 }
 
-/// Takes the journal's lock file (`lock` in its directory), waiting up to [`LOCK_WAIT`] for a
-/// closing handle to let go; `None` if another owner keeps it.
-async fn lock_journal(dir: &Path) -> Result<Option<std::fs::File>, LogError> {
-    let failed = |e: std::io::Error| LogError::Failed(format!("journal {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("lock"))
-        .map_err(failed)?;
-    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
-        }
-    }
-}
-
-/// Applies to SQLite every journaled record it lacks (a crash before the applier caught up, or a
-/// power cut that took SQLite's latest `synchronous=NORMAL` commits), durably; returns the sequence
-/// number for the next record.
-async fn replay(conn: &mut sqlx::SqliteConnection, dir: &Path) -> Result<u64, LogError> {
-    let applied: i64 = sqlx::query_scalar("SELECT seq FROM journal_applied WHERE id = 1")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(LogError::db)?;
-    let applied = u64::try_from(applied).unwrap_or(0);
-    let dir2 = dir.to_path_buf();
-    let (records, next) = tokio::task::spawn_blocking(move || {
-        let mut records = Vec::new();
-        let next = crate::journal::recover(&dir2, applied, |seq, entry| {
-            let r = decode(entry).map_err(|what| JournalError::Corrupt {
-                path: dir2.clone(),
-                offset: 0,
-                what: format!("record {seq}: {what}"),
-            })?;
-            records.push(Apply::Logged(seq, r));
-            Ok(())
-        })?;
-        Ok::<_, JournalError>((records, next))
-    })
-    .await
-    .map_err(|e| LogError::Failed(format!("journal recovery: {e}")))?
-    .map_err(LogError::journal)?;
-    if !records.is_empty() {
-        for chunk in records.chunks(BATCH_MAX) {
-            commit(&mut *conn, chunk, true).await?;
-        }
-        tracing::info!(
-            records = records.len(),
-            "share log: journaled records SQLite lacked were applied"
-        );
-    }
-    Ok(next)
-}
-
-/// The journal thread: frames whatever waits, `fdatasync`s it, acknowledges, hands the records to
-/// the applier in order.
-fn journal_loop(
-    mut j: Journal,
-    mut rx: mpsc::Receiver<(Record, Option<Ack>)>,
-    apply: mpsc::Sender<Apply>,
-    stage: Arc<Stage>,
+async fn write_loop(
+    db: SqlitePool,
+    mut rx: mpsc::Receiver<(Record, oneshot::Sender<Result<(), LogError>>)>,
+    wal_pages: std::sync::Arc<std::sync::atomic::AtomicI64>,
 ) {
-    let mut batch: Vec<(Record, Option<Ack>)> = Vec::with_capacity(BATCH_MAX);
-    let mut kept: Vec<(Record, Option<Ack>)> = Vec::with_capacity(BATCH_MAX);
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    // One connection for every commit: its prepared statements stay cached (a pool would rotate
+    // the writer over its connections, each with a cold cache and its own worker thread).
+    let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>> = None;
     let mut retry_jobs: Vec<JobRecord> = Vec::new();
-    let mut frame = Frame::new();
-    while let Some(first) = rx.blocking_recv() {
-        // Job rows of a failed write go first in this one (nobody waits for them).
-        batch.extend(retry_jobs.drain(..).map(|j| (Record::Job(j), None)));
-        batch.push(first);
+    // Retention steps run after the batch's commit and acknowledgements.
+    let mut prunes = Vec::new();
+    while let Some(first) = rx.recv().await {
+        sort(first, &mut batch, &mut prunes);
         while batch.len() < BATCH_MAX {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => sort(r, &mut batch, &mut prunes),
                 Err(_) => break,
             }
         }
-        // While SQLite cannot take records, new shares are refused: acknowledged ones would only
-        // pile up in the journal. Jobs and blocks still go in (few, and a block must be recorded).
-        let stalled = stage.stalled();
-        frame.clear();
-        for (r, ack) in batch.drain(..) {
-            let refused = match (&stalled, &r) {
-                (Some(e), Record::Share(_)) => Some(e.clone()),
-                _ => validate(&r).err(),
-            };
-            if let Some(e) = refused {
-                if let Some(a) = ack {
-                    let _ = a.send(Err(e));
-                }
-                continue;
+        // Job rows of a failed commit go first in this one (nobody waits for them).
+        if !retry_jobs.is_empty() {
+            let retried: Vec<_> = retry_jobs
+                .drain(..)
+                .map(|j| (Record::Job(j), oneshot::channel().0))
+                .collect();
+            batch.splice(0..0, retried);
+        }
+        let res = if batch.is_empty() {
+            Ok(())
+        } else {
+            match conn.as_mut() {
+                Some(c) => commit(c, &batch).await,
+                None => match db.acquire().await {
+                    Ok(c) => commit(conn.insert(c), &batch).await,
+                    Err(e) => Err(LogError::Failed(format!("no database connection: {e}"))),
+                },
             }
-            frame.entry(|b| encode(&r, b));
-            kept.push((r, ack));
-        }
-        if kept.is_empty() {
-            continue;
-        }
-        match j.append(&mut frame) {
-            Ok(first_seq) => {
-                for (seq, (r, ack)) in (first_seq..).zip(kept.drain(..)) {
-                    // Handed on before it is acknowledged: a block's fate, queued after the
-                    // acknowledgement, reaches the applier after the block.
-                    let _ = apply.blocking_send(Apply::Logged(seq, r));
-                    if let Some(a) = ack {
-                        let _ = a.send(Ok(()));
-                    }
-                }
-            }
-            Err(e) => {
-                let err = LogError::journal(e);
-                tracing::error!(error = %err, records = kept.len(), "share log journal write failed; nothing in this frame was acknowledged");
-                for (r, ack) in kept.drain(..) {
-                    if let Record::Job(jr) = r {
-                        retry_jobs.push(jr);
-                    }
-                    if let Some(a) = ack {
-                        let _ = a.send(Err(err.clone()));
-                    }
-                }
-            }
-        }
-        stage.closed_upto.store(j.closed_upto(), Ordering::Relaxed);
-        if let Err(e) = j.retire(stage.durable.load(Ordering::Relaxed)) {
-            tracing::warn!(error = %e, "share log journal: a segment could not be deleted (retried)");
-        }
-    }
-}
-
-/// The writer's connection, opened (again, after an error) if there is none.
-async fn writer_conn<'a>(
-    opts: &SqliteConnectOptions,
-    conn: &'a mut Option<sqlx::SqliteConnection>,
-) -> Result<&'a mut sqlx::SqliteConnection, LogError> {
-    use sqlx::ConnectOptions as _;
-    if conn.is_none() {
-        let c = opts
-            .connect()
-            .await
-            .map_err(|e| LogError::Failed(format!("no database connection: {e}")))?;
-        *conn = Some(c);
-    }
-    conn.as_mut()
-        .ok_or_else(|| LogError::Failed("no database connection".into()))
-}
-
-/// The applier: copies journaled records (and block fates) into SQLite in order, runs retention
-/// steps between its transactions, and retries what SQLite refused until it takes it (the
-/// records are acknowledged already; they wait in the journal meanwhile).
-async fn apply_loop(
-    opts: SqliteConnectOptions,
-    mut conn: Option<sqlx::SqliteConnection>,
-    mut rx: mpsc::Receiver<Apply>,
-    mut prune_rx: mpsc::Receiver<(PruneRequest, PruneAck)>,
-    stage: Arc<Stage>,
-    wal_pages: Arc<std::sync::atomic::AtomicI64>,
-) {
-    let mut pending: Vec<Apply> = Vec::with_capacity(BATCH_MAX);
-    let mut prunes_open = true;
-    loop {
-        tokio::select! {
-            biased;
-            p = prune_rx.recv(), if prunes_open => match p {
-                Some((req, done)) => {
-                    let res = match writer_conn(&opts, &mut conn).await {
-                        Ok(c) => prune(c, req).await,
-                        Err(e) => Err(e),
-                    };
-                    if res.is_err() {
-                        conn = None;
-                    }
-                    let _ = done.send(res);
-                }
-                None => prunes_open = false,
-            },
-            r = rx.recv(), if pending.is_empty() => match r {
-                None => break,
-                Some(a) => {
-                    pending.push(a);
-                    while pending.len() < BATCH_MAX {
-                        match rx.try_recv() {
-                            Ok(a) => pending.push(a),
-                            Err(_) => break,
-                        }
-                    }
-                }
-            },
-            () = tokio::time::sleep(APPLY_RETRY), if !pending.is_empty() => {
-                if rx.is_closed() && stage.stalled().is_some() {
-                    tracing::warn!(records = pending.len(), "share log: stopping with records SQLite refused; they stay in the journal and are applied at the next open");
-                    break;
-                }
-            }
-        }
-        if pending.is_empty() {
-            continue;
-        }
-        // A closed journal segment waits until its records are durable here: this transaction
-        // (which holds later records) commits at FULL, and its fsync of the WAL makes every earlier
-        // commit durable with it.
-        let full = stage.closed_upto.load(Ordering::Relaxed) > stage.durable.load(Ordering::Relaxed);
-        let res = match writer_conn(&opts, &mut conn).await {
-            Ok(c) => commit(c, &pending, full).await,
-            Err(e) => Err(e),
         };
-        match res {
-            Ok(last) => {
-                for a in pending.drain(..) {
-                    if let Apply::Flush(done) = a {
-                        let _ = done.send(());
-                    }
-                }
-                if stage.stalled().is_some() {
-                    tracing::info!("share log: SQLite takes records again; shares are accepted");
-                    stage.set_stalled(None);
-                }
-                if let (true, Some(last)) = (full, last) {
-                    stage.durable.store(last, Ordering::Relaxed);
-                }
-            }
-            Err(e) => {
-                if stage.stalled().is_none() {
-                    tracing::error!(error = %e, records = pending.len(), "share log: SQLite refused journaled records; retrying, and refusing new shares until it takes them");
-                }
-                stage.set_stalled(Some(e));
-                conn = None;
-                continue;
-            }
+        if let Err(e) = &res {
+            tracing::error!(error = %e, records = batch.len(), "share log commit failed; nothing in this batch was acknowledged");
+            // Start the next commit on a fresh connection.
+            conn = None;
+            retry_jobs.extend(batch.iter().filter_map(|(r, _)| match r {
+                Record::Job(j) => Some(j.clone()),
+                _ => None,
+            }));
+        }
+        for (_, ack) in batch.drain(..) {
+            let _ = ack.send(res.clone());
         }
         // The background checkpoint fell behind: one here, with no commit running, copies
         // everything, so the next commit restarts the WAL.
-        if wal_pages.load(Ordering::Relaxed) > WAL_PAGES_INLINE {
+        if wal_pages.load(std::sync::atomic::Ordering::Relaxed) > WAL_PAGES_INLINE {
             if let Some(c) = conn.as_mut() {
                 match checkpoint(c).await {
                     Ok((log, done)) => {
                         // What is left after it (0 once the WAL restarts at the next commit).
-                        wal_pages.store(log - done, Ordering::Relaxed);
+                        wal_pages.store(log - done, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => tracing::warn!(error = %e, "share log checkpoint failed"),
                 }
             }
         }
-    }
-}
-
-/// Why a record cannot be journaled (checked before it is, so the applier never meets a record
-/// SQLite's constraints refuse: it could neither apply nor drop it).
-fn validate(r: &Record) -> Result<(), LogError> {
-    let bad = |what: &str| Err(LogError::Failed(format!("record refused: {what}")));
-    let short = |b: &[u8]| b.len() <= usize::from(u16::MAX);
-    match r {
-        Record::Share(s) => {
-            share_row(s)?;
-            if !(short(s.address.as_bytes())
-                && short(s.worker.as_bytes())
-                && short(&s.extranonce1)
-                && short(&s.extranonce2))
-            {
-                return bad("a share field is longer than 65,535 bytes");
+        for (req, ack) in prunes.drain(..) {
+            let res = match conn.as_mut() {
+                Some(c) => prune(c, req).await,
+                None => match db.acquire().await {
+                    Ok(c) => prune(conn.insert(c), req).await,
+                    Err(e) => Err(LogError::Failed(format!("no database connection: {e}"))),
+                },
+            };
+            if res.is_err() {
+                conn = None;
             }
-        }
-        Record::Job(j) => {
-            if j.height < 0 || j.subsidy_sat < 0 || j.fees_sat < 0 || j.expected_fees_sat < 0 {
-                return bad("a job with a negative height or amount");
-            }
-        }
-        Record::Block(b) => {
-            if !(short(b.hash.as_bytes()) && short(b.finder.as_bytes()) && short(b.fate.as_bytes())) {
-                return bad("a block field is longer than 65,535 bytes");
-            }
-            if u32::try_from(b.block.len()).is_err() {
-                return bad("a block larger than 4 GiB");
-            }
+            let _ = ack.send(res);
         }
     }
-    Ok(())
-}
-
-fn put16(b: &mut Vec<u8>, x: &[u8]) {
-    let n = x.len().min(usize::from(u16::MAX));
-    b.extend_from_slice(&(n as u16).to_le_bytes());
-    b.extend_from_slice(&x[..n]);
-}
-
-/// A record's journal entry (lengths were checked by [`validate`]).
-fn encode(r: &Record, b: &mut Vec<u8>) {
-    match r {
-        Record::Share(s) => {
-            b.push(1);
-            b.extend_from_slice(&s.ts_ms.to_le_bytes());
-            put16(b, s.address.as_bytes());
-            put16(b, s.worker.as_bytes());
-            b.extend_from_slice(&s.job_id.to_le_bytes());
-            b.extend_from_slice(&s.difficulty.to_fixed().to_le_bytes());
-            put16(b, &s.extranonce1);
-            put16(b, &s.extranonce2);
-            b.extend_from_slice(&s.header);
-            b.push(u8::from(s.is_block));
-        }
-        Record::Job(j) => {
-            b.push(2);
-            for v in [j.job_id, j.ts_ms, j.height] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            b.extend_from_slice(&j.bits.to_le_bytes());
-            for v in [j.subsidy_sat, j.fees_sat, j.expected_fees_sat] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            match &j.payout_plan {
-                Some(p) => {
-                    b.push(1);
-                    let n = u32::try_from(p.len()).unwrap_or(u32::MAX);
-                    b.extend_from_slice(&n.to_le_bytes());
-                    b.extend_from_slice(p.as_bytes());
-                }
-                None => b.push(0),
-            }
-        }
-        Record::Block(k) => {
-            b.push(3);
-            b.extend_from_slice(&k.ts_ms.to_le_bytes());
-            b.extend_from_slice(&k.height.to_le_bytes());
-            put16(b, k.hash.as_bytes());
-            put16(b, k.finder.as_bytes());
-            let n = u32::try_from(k.block.len()).unwrap_or(u32::MAX);
-            b.extend_from_slice(&n.to_le_bytes());
-            b.extend_from_slice(&k.block);
-            put16(b, k.fate.as_bytes());
-        }
-    }
-}
-
-/// Reads a journal entry back ([`encode`]).
-fn decode(entry: &[u8]) -> Result<Record, String> {
-    struct Rd<'a>(&'a [u8]);
-    impl<'a> Rd<'a> {
-        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-            if self.0.len() < n {
-                return Err("entry cut short".into());
-            }
-            let (a, rest) = self.0.split_at(n);
-            self.0 = rest;
-            Ok(a)
-        }
-        fn arr<const N: usize>(&mut self) -> Result<[u8; N], String> {
-            self.take(N)?
-                .try_into()
-                .map_err(|_| "entry cut short".to_string())
-        }
-        fn i64(&mut self) -> Result<i64, String> {
-            Ok(i64::from_le_bytes(self.arr()?))
-        }
-        fn u32(&mut self) -> Result<u32, String> {
-            Ok(u32::from_le_bytes(self.arr()?))
-        }
-        fn b16(&mut self) -> Result<&'a [u8], String> {
-            let n = u16::from_le_bytes(self.arr()?);
-            self.take(usize::from(n))
-        }
-        fn s16(&mut self) -> Result<String, String> {
-            String::from_utf8(self.b16()?.to_vec()).map_err(|_| "text is not UTF-8".to_string())
-        }
-    }
-    let mut r = Rd(entry);
-    let kind = r.arr::<1>()?[0];
-    let rec = match kind {
-        1 => Record::Share(ShareRecord {
-            ts_ms: r.i64()?,
-            address: r.s16()?,
-            worker: r.s16()?,
-            job_id: r.i64()?,
-            difficulty: Difficulty::from_fixed(u128::from_le_bytes(r.arr()?)),
-            extranonce1: r.b16()?.to_vec(),
-            extranonce2: r.b16()?.to_vec(),
-            header: r.arr()?,
-            is_block: r.arr::<1>()?[0] != 0,
-        }),
-        2 => Record::Job(JobRecord {
-            job_id: r.i64()?,
-            ts_ms: r.i64()?,
-            height: r.i64()?,
-            bits: r.u32()?,
-            subsidy_sat: r.i64()?,
-            fees_sat: r.i64()?,
-            expected_fees_sat: r.i64()?,
-            payout_plan: match r.arr::<1>()?[0] {
-                0 => None,
-                _ => {
-                    let n = r.u32()? as usize;
-                    Some(
-                        String::from_utf8(r.take(n)?.to_vec())
-                            .map_err(|_| "plan is not UTF-8".to_string())?,
-                    )
-                }
-            },
-        }),
-        3 => Record::Block(BlockRecord {
-            ts_ms: r.i64()?,
-            height: r.u32()?,
-            hash: r.s16()?,
-            finder: r.s16()?,
-            block: {
-                let n = r.u32()? as usize;
-                r.take(n)?.to_vec()
-            },
-            fate: r.s16()?,
-        }),
-        k => return Err(format!("unknown record kind {k}")),
-    };
-    if !r.0.is_empty() {
-        return Err("trailing bytes after the record".into());
-    }
-    Ok(rec)
 }
 
 /// How often the WAL is checkpointed into the database, off the commit path (SQLite's automatic
@@ -1032,6 +532,22 @@ pub const WAL_PAGES_INLINE: i64 = 4_096;
 /// The WAL file is truncated to this size when it restarts (it only grows otherwise).
 pub const WAL_FILE_BYTES_KEPT: u64 = 64 * 1024 * 1024;
 
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a reader connection, PASSIVE (it never waits
+/// for readers or the writer, so it never delays a commit), and publishes the WAL's size in pages
+/// for the writer ([`WAL_PAGES_INLINE`]).
+/// A batch's records go to the commit; retention steps wait for the commit to finish.
+type Ack = oneshot::Sender<Result<(), LogError>>;
+fn sort(
+    (r, ack): (Record, Ack),
+    batch: &mut Vec<(Record, Ack)>,
+    prunes: &mut Vec<(PruneRequest, oneshot::Sender<Result<Pruned, LogError>>)>,
+) {
+    match r {
+        Record::Prune(req, done) => prunes.push((req, done)),
+        r => batch.push((r, ack)),
+    }
+}
+
 /// A PASSIVE checkpoint on `c`: (WAL frames, frames copied into the database).
 async fn checkpoint(c: &mut sqlx::SqliteConnection) -> Result<(i64, i64), sqlx::Error> {
     let (_, log, done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
@@ -1040,9 +556,6 @@ async fn checkpoint(c: &mut sqlx::SqliteConnection) -> Result<(i64, i64), sqlx::
     Ok((log, done))
 }
 
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a reader connection, PASSIVE (it never waits
-/// for readers or the writer, so it never delays a commit), and publishes the WAL's size in pages
-/// for the writer ([`WAL_PAGES_INLINE`]).
 async fn checkpoint_loop(db: SqlitePool, wal_pages: std::sync::Arc<std::sync::atomic::AtomicI64>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1175,98 +688,68 @@ fn share_row(s: &ShareRecord) -> Result<(&ShareRecord, i64, i64), LogError> {
     Ok((s, int, frac))
 }
 
-/// Applies `items` in order in one transaction, with the last journal sequence number among them;
-/// at `synchronous=FULL` if `full` (durable when it returns; otherwise at the next FULL commit or
-/// checkpoint). Returns that sequence number.
 async fn commit(
     conn: &mut sqlx::SqliteConnection,
-    items: &[Apply],
-    full: bool,
-) -> Result<Option<u64>, LogError> {
-    if full {
-        sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await
-            .map_err(LogError::db)?;
-    }
-    let res = commit_items(conn, items).await;
-    if full {
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await
-            .map_err(LogError::db)?;
-    }
-    res
-}
-
-async fn commit_items(conn: &mut sqlx::SqliteConnection, items: &[Apply]) -> Result<Option<u64>, LogError> {
+    batch: &[(Record, oneshot::Sender<Result<(), LogError>>)],
+) -> Result<(), LogError> {
     use sqlx::Connection as _;
     let err = LogError::db;
-    // Rows go in journal order: a job row's `shares_before` is the newest share logged before it.
+    // The common case at low load: a few shares and nothing else. One multi-row INSERT is its own
+    // transaction (autocommit; durable when it returns, synchronous=FULL), which saves the BEGIN and
+    // COMMIT round trips to SQLite's thread on the latency every share waits for.
+    if batch.len() <= ROWS_PER_INSERT && batch.iter().all(|(r, _)| matches!(r, Record::Share(_))) {
+        let mut shares = Vec::with_capacity(batch.len());
+        for (r, _) in batch {
+            if let Record::Share(s) = r {
+                shares.push(share_row(s)?);
+            }
+        }
+        return insert_shares(conn, &shares).await;
+    }
+    // Rows go in queue order: a job row's `shares_before` is the newest share queued before it.
     let mut tx = conn.begin().await.map_err(err)?;
-    let mut shares = Vec::with_capacity(items.len());
-    let mut last = None;
-    for item in items {
-        match item {
-            Apply::Logged(seq, r) => {
-                last = Some(*seq);
-                match r {
-                    Record::Share(s) => shares.push(share_row(s)?),
-                    Record::Job(j) => {
-                        insert_shares(&mut tx, &shares).await?;
-                        shares.clear();
-                        sqlx::query(
-                            "INSERT INTO jobs (job_id, ts_ms, height, bits, subsidy_sat, fees_sat, expected_fees_sat, payout_plan, shares_before) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM shares)) ON CONFLICT (job_id) DO NOTHING",
-                        )
-                        .bind(j.job_id)
-                        .bind(j.ts_ms)
-                        .bind(j.height)
-                        .bind(i64::from(j.bits))
-                        .bind(j.subsidy_sat)
-                        .bind(j.fees_sat)
-                        .bind(j.expected_fees_sat)
-                        .bind(j.payout_plan.as_deref())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                    }
-                    Record::Block(b) => {
-                        sqlx::query(
-                            "INSERT INTO blocks (ts_ms, height, hash, finder, block, fate) VALUES (?, ?, ?, ?, ?, ?)",
-                        )
-                        .bind(b.ts_ms)
-                        .bind(i64::from(b.height))
-                        .bind(&b.hash)
-                        .bind(&b.finder)
-                        .bind(&b.block)
-                        .bind(&b.fate)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                    }
-                }
+    let mut shares = Vec::with_capacity(batch.len());
+    let mut blocks = Vec::new();
+    for (r, _) in batch {
+        match r {
+            Record::Job(j) => {
+                insert_shares(&mut tx, &shares).await?;
+                shares.clear();
+                sqlx::query(
+                    "INSERT INTO jobs (job_id, ts_ms, height, bits, subsidy_sat, fees_sat, expected_fees_sat, payout_plan, shares_before) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM shares)) ON CONFLICT (job_id) DO NOTHING",
+                )
+                .bind(j.job_id)
+                .bind(j.ts_ms)
+                .bind(j.height)
+                .bind(i64::from(j.bits))
+                .bind(j.subsidy_sat)
+                .bind(j.fees_sat)
+                .bind(j.expected_fees_sat)
+                .bind(j.payout_plan.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
             }
-            Apply::Flush(_) => {}
-            Apply::Fate { hash, fate } => {
-                sqlx::query("UPDATE blocks SET fate = ? WHERE hash = ? AND fate = ?")
-                    .bind(fate)
-                    .bind(hash)
-                    .bind(FATE_SUBMITTING)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-            }
+            Record::Share(s) => shares.push(share_row(s)?),
+            Record::Block(b) => blocks.push(b),
+            Record::Prune(..) => {} // run after the commit (write_loop)
         }
     }
     insert_shares(&mut tx, &shares).await?;
-    if let Some(seq) = last {
-        sqlx::query("UPDATE journal_applied SET seq = ? WHERE id = 1")
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+    for b in blocks {
+        sqlx::query(
+            "INSERT INTO blocks (ts_ms, height, hash, finder, block, fate) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(b.ts_ms)
+        .bind(i64::from(b.height))
+        .bind(&b.hash)
+        .bind(&b.finder)
+        .bind(&b.block)
+        .bind(&b.fate)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
     }
-    tx.commit().await.map_err(err)?;
-    Ok(last)
+    tx.commit().await.map_err(err)
 }

@@ -1193,9 +1193,7 @@ async fn pool_mode_pps_pays_every_share_at_once_exactly() {
     let accepted = t.mine(30).await;
     let TwoMiners { h, l, alice, bob, .. } = t;
     assert!(accepted >= 10, "{accepted} shares accepted");
-    // Every logged share credited: the PPS cursor reaches the newest share (every acknowledged
-    // share in SQLite first).
-    h.pool.log().flush().await.unwrap();
+    // Every logged share credited: the PPS cursor reaches the newest share.
     let db = h.pool.log().db().clone();
     let (max_id,): (i64,) = sqlx::query_as("SELECT MAX(id) FROM shares")
         .fetch_one(&db)
@@ -1313,7 +1311,6 @@ async fn fpps_prices_each_share_by_its_job_and_never_pays_twice() {
     ] {
         log.append_share(share(o, j, d)).await.unwrap();
     }
-    log.flush().await.unwrap();
     let rule = &pool::accounting::Rule::new(pool::config::Sharing::Fpps, 0);
     let db = log.db().clone();
     let (read, to) = pool::accounting::credit_shares(&db, &l, rule, 0, i64::MAX)
@@ -1398,7 +1395,6 @@ async fn a_job_row_records_the_newest_share_queued_before_it() {
     for w in [a, b, c] {
         w.wait().await.unwrap();
     }
-    log.flush().await.unwrap();
     let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT job_id, shares_before FROM jobs ORDER BY job_id")
         .fetch_all(log.db())
         .await
@@ -1853,7 +1849,6 @@ async fn share_log_retention_deletes_only_old_accounted_rows_and_keeps_blocks_an
     for _ in 101..=120 {
         log.append_share(share(3, 1000, false)).await.unwrap();
     }
-    log.flush().await.unwrap();
     let ids = |log: ShareLog| async move {
         sqlx::query_scalar::<_, i64>("SELECT id FROM shares ORDER BY id")
             .fetch_all(log.db())
@@ -1897,7 +1892,6 @@ async fn share_log_retention_deletes_only_old_accounted_rows_and_keeps_blocks_an
     );
     assert_eq!(ids(log.clone()).await, vec![50, 120]);
     log.append_share(share(3, 2000, false)).await.unwrap();
-    log.flush().await.unwrap();
     assert_eq!(ids(log.clone()).await, vec![50, 120, 121], "ids never go back");
     assert_eq!(p.jobs, 9, "jobs 1 and 3..=10");
     let jobs_left: Vec<i64> = sqlx::query_scalar("SELECT job_id FROM jobs ORDER BY job_id")
@@ -1943,18 +1937,15 @@ async fn a_full_disk_refuses_shares_with_a_reason_and_retention_frees_it() {
     assert_eq!(code, 20);
     assert_eq!(why, pool::session::SHARE_LOG_FULL);
     assert!(accepted > 10, "only {accepted} shares fit");
-    // Shares answered true wait in the journal for room in SQLite. Once retention frees pages
-    // the applier copies them: what retention deleted plus what is left is every share answered
-    // true, and not the refused one.
-    let freed = h.pool.log().prune(i64::MAX, i64::MAX, 1_000).await.unwrap();
-    assert!(freed.shares > 0);
     assert_eq!(
-        freed.shares as i64 + h.pool.log().share_count().await.unwrap(),
+        h.pool.log().share_count().await.unwrap(),
         accepted,
         "every share answered true is logged, the refused one is not"
     );
-    // The refused share was never marked seen: it is accepted as new work now (a refusal costs
-    // the miner nothing but the retry).
+    // The refused share was never marked seen: once retention frees pages it is accepted as new
+    // work (a refusal costs the miner nothing but the retry).
+    let freed = h.pool.log().prune(i64::MAX, i64::MAX, 1_000).await.unwrap();
+    assert!(freed.shares > 0);
     let (p, _) = m.find_plain_share(&user);
     assert_eq!(verdict(&m.submit(json!(9_999), &p).await), Ok(()));
     h.pool.shutdown().await;
@@ -2198,128 +2189,4 @@ async fn a_block_is_found_by_its_hash_through_an_index() {
         plan.iter().any(|(_, _, _, d)| d.contains("blocks_hash")),
         "{plan:?}"
     );
-}
-
-fn journal_share(n: u8) -> pool::share_log::ShareRecord {
-    pool::share_log::ShareRecord {
-        ts_ms: i64::from(n),
-        address: ADDR.into(),
-        worker: format!("w{n}"),
-        job_id: 1,
-        difficulty: Difficulty::from_f64(f64::from(n) + 0.5).unwrap(),
-        extranonce1: vec![n; 4],
-        extranonce2: vec![n; 8],
-        header: [n; 80],
-        is_block: n.is_multiple_of(7),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn journaled_records_sqlite_lost_are_replayed_at_open_and_a_torn_tail_is_cut() {
-    use pool::share_log::{BlockRecord, JobRecord, ShareLog, FATE_SUBMITTING};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pool.sqlite");
-    let (log, w) = ShareLog::open(&path).await.unwrap();
-    // Journal order: the job (seq 1), shares 1..=20 (seq 2..=21), a block (seq 22).
-    log.enqueue_job(JobRecord {
-        job_id: 1,
-        ts_ms: 1,
-        height: 1,
-        bits: 0x207fffff,
-        subsidy_sat: 5_000_000_000,
-        fees_sat: 0,
-        expected_fees_sat: 0,
-        payout_plan: Some("{\"plan\":1}".into()),
-    })
-    .await
-    .unwrap();
-    for n in 1..=20 {
-        log.append_share(journal_share(n)).await.unwrap();
-    }
-    log.append_block(BlockRecord {
-        ts_ms: 30,
-        height: 1,
-        hash: "00ab".into(),
-        finder: ADDR.into(),
-        block: vec![1, 2, 3],
-        fate: FATE_SUBMITTING.into(),
-    })
-    .await
-    .unwrap();
-    log.flush().await.unwrap();
-    let rows = |db: sqlx::SqlitePool| async move {
-        sqlx::query_as::<_, (i64, String, i64, i64, Vec<u8>, Vec<u8>, Vec<u8>, bool)>(
-            "SELECT id, worker, diff_int, diff_frac, extranonce1, extranonce2, header, is_block FROM shares ORDER BY id",
-        )
-        .fetch_all(&db)
-        .await
-        .unwrap()
-    };
-    let before = rows(log.db().clone()).await;
-    assert_eq!(before.len(), 20);
-    drop(log);
-    w.await.unwrap();
-    // A power cut took SQLite's latest commits (they are made at synchronous=NORMAL): here all of
-    // them, and its applied mark is back at 0. The journal has every record.
-    {
-        let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        for q in [
-            "DELETE FROM shares",
-            "DELETE FROM blocks",
-            "DELETE FROM jobs",
-            "UPDATE journal_applied SET seq = 0",
-        ] {
-            sqlx::query(q).execute(&db).await.unwrap();
-        }
-        db.close().await;
-    }
-    // A torn write at the end of the newest segment (never acknowledged) is cut off, not an error.
-    let jdir = pool::share_log::journal_dir(&path);
-    let seg = std::fs::read_dir(&jdir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "seg"))
-        .unwrap();
-    let good = std::fs::metadata(&seg).unwrap().len();
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
-    }
-    let (log, w) = ShareLog::open(&path).await.unwrap();
-    assert_eq!(
-        rows(log.db().clone()).await,
-        before,
-        "the same rows, ids and bytes"
-    );
-    let blocks = log.blocks().await.unwrap();
-    assert_eq!(blocks, vec![("00ab".to_string(), FATE_SUBMITTING.to_string())]);
-    let plan: Option<String> = sqlx::query_scalar("SELECT payout_plan FROM jobs WHERE job_id = 1")
-        .fetch_one(log.db())
-        .await
-        .unwrap();
-    assert_eq!(plan.as_deref(), Some("{\"plan\":1}"));
-    // The old segment was deleted once replayed durably; new records continue the ids.
-    assert!(!seg.exists(), "{} bytes were good", good);
-    log.append_share(journal_share(21)).await.unwrap();
-    assert_eq!(log.share_count().await.unwrap(), 21);
-    drop(log);
-    w.await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_opener_reads_but_cannot_write_while_the_owner_runs() {
-    use pool::share_log::ShareLog;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pool.sqlite");
-    let (owner, _w) = ShareLog::open(&path).await.unwrap();
-    owner.append_share(journal_share(1)).await.unwrap();
-    let (other, _w2) = ShareLog::open(&path).await.unwrap();
-    assert_eq!(other.share_count().await.unwrap(), 1, "it reads");
-    let e = other.append_share(journal_share(2)).await.unwrap_err();
-    assert!(e.to_string().contains("open for writing elsewhere"), "{e}");
-    owner.append_share(journal_share(3)).await.unwrap();
-    assert_eq!(owner.share_count().await.unwrap(), 2);
 }
