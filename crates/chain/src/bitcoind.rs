@@ -124,6 +124,9 @@ pub struct BitcoindConfig {
     pub poll_interval: Duration,
     /// Per-call timeout.
     pub timeout: Duration,
+    /// Timeout of `scantxoutset`, which reads the whole UTXO set (minutes on mainnet, far past
+    /// [`BitcoindConfig::timeout`]): [`SCANTXOUTSET_TIMEOUT`] by default.
+    pub scan_timeout: Duration,
     /// Core's `-zmqpubhashblock` endpoint (e.g. `tcp://127.0.0.1:28332`), if configured.
     pub zmq_hashblock: Option<String>,
 }
@@ -136,10 +139,16 @@ impl BitcoindConfig {
             chain: chain.to_string(),
             poll_interval: Duration::from_millis(100),
             timeout: core_rpc::client::RPC_TIMEOUT_DEFAULT,
+            scan_timeout: SCANTXOUTSET_TIMEOUT,
             zmq_hashblock: None,
         }
     }
 }
+
+/// How long a `scantxoutset` may take by default: Core reads its whole UTXO set (on mainnet, about
+/// 180 M outputs, several minutes on a busy node); payouts run on a schedule, so waiting is cheap
+/// and giving up at the ordinary call timeout would make every payout round fail.
+pub const SCANTXOUTSET_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Bitcoin Core nodes as a chain backend.
 #[derive(Clone, Debug)]
@@ -150,6 +159,7 @@ pub struct BitcoindBackend {
 #[derive(Debug)]
 struct Inner {
     clients: Vec<RpcClient>,
+    scan_timeout: Duration,
     tip: watch::Sender<Tip>,
     /// Tip poller and ZMQ subscriber: owned here, aborted when the last handle goes.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -219,6 +229,7 @@ impl BitcoindBackend {
         let (tx, _) = watch::channel(tip);
         let inner = Arc::new(Inner {
             clients,
+            scan_timeout: cfg.scan_timeout,
             tip: tx,
             tasks: Mutex::new(Vec::new()),
         });
@@ -331,7 +342,8 @@ impl BitcoindBackend {
     }
 
     /// Outputs paying `script` from the first node that answers `scantxoutset` (Core scans its UTXO
-    /// set: slow on mainnet, minutes; payouts run on a schedule). Immature coinbases are left out.
+    /// set: slow on mainnet, minutes; payouts run on a schedule, and the call waits up to
+    /// [`BitcoindConfig::scan_timeout`]). Immature coinbases are left out.
     /// Core's `scantxoutset` does not see the mempool: the payout engine keeps one payout in flight at
     /// a time, so it never picks a coin its own pending payout spends.
     pub async fn spendable_coins(
@@ -341,7 +353,8 @@ impl BitcoindBackend {
         let desc = format!("raw({})", script.as_bytes().to_lower_hex_string());
         let mut last = None;
         for c in &self.inner.clients {
-            match c.call("scantxoutset", json!(["start", [desc]])).await {
+            let scan = c.call_with_timeout("scantxoutset", json!(["start", [desc]]), self.inner.scan_timeout);
+            match scan.await {
                 Ok(v) => return parse_scan(&v, script, c.url()),
                 Err(e) => last = Some(classify(e)),
             }

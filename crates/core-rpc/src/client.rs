@@ -174,18 +174,29 @@ impl RpcClient {
         &self.url
     }
 
-    /// Calls `method` with positional `params`.
+    /// Calls `method` with positional `params`, waiting up to the client's timeout.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.call_with_timeout(method, params, self.timeout).await
+    }
+
+    /// [`RpcClient::call`] with its own timeout, for the few calls that are slow by nature
+    /// (`scantxoutset` reads the whole UTXO set).
+    pub async fn call_with_timeout(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params}).to_string();
         let fut = self.send(body.into_bytes().into());
         let (status, bytes) =
-            tokio::time::timeout(self.timeout, fut)
+            tokio::time::timeout(timeout, fut)
                 .await
                 .map_err(|_| ClientError::Timeout {
                     url: self.url.clone(),
                     method: method.to_string(),
-                    timeout_ms: self.timeout.as_millis(),
+                    timeout_ms: timeout.as_millis(),
                 })??;
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(ClientError::Auth {

@@ -701,3 +701,38 @@ async fn generatetoaddress_101_is_quick_on_a_hardened_dev_chain() {
         chain::dev::now()
     );
 }
+
+/// `scantxoutset` reads Core's whole UTXO set (minutes on mainnet): it waits up to its own timeout
+/// (`BitcoindConfig::scan_timeout`), not the ordinary call timeout, which would fail every payout
+/// round on a real node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scantxoutset_waits_past_the_ordinary_call_timeout() {
+    struct Slow(Arc<Recorded>);
+    impl RpcHandler for Slow {
+        fn call(&self, method: &str, params: &[Value]) -> Result<Value, RpcError> {
+            if method == "scantxoutset" {
+                std::thread::sleep(Duration::from_millis(1_500));
+            }
+            self.0.call(method, params)
+        }
+    }
+    let spk = payout();
+    let mut calls = recorded(Ok(json!({})), mainnet_info(false, 900000, 900000));
+    Arc::get_mut(&mut calls).unwrap().0.insert(
+        "scantxoutset",
+        Ok(json!({"success": true, "txouts": 1, "height": 900000,
+                  "bestblock": "000000000000000000010538edbfd2d5b809a33dd83f284aeea41c6d0d96968a",
+                  "unspents": [], "total_amount": 0})),
+    );
+    let s = serve(Arc::new(Slow(calls))).await;
+    let mut cfg = BitcoindConfig::single(&url(&s), auth(), "main");
+    cfg.timeout = Duration::from_millis(500);
+    assert_eq!(cfg.scan_timeout, chain::bitcoind::SCANTXOUTSET_TIMEOUT);
+    let b = BitcoindBackend::connect(cfg.clone()).await.unwrap();
+    assert!(b.spendable_coins(&spk).await.unwrap().is_empty());
+    // The same scan under the ordinary timeout fails: its own timeout is what lets it finish.
+    cfg.scan_timeout = cfg.timeout;
+    let b = BitcoindBackend::connect(cfg).await.unwrap();
+    let e = b.spendable_coins(&spk).await.unwrap_err();
+    assert!(e.to_string().contains("scantxoutset timed out after 500 ms"), "{e}");
+}
