@@ -432,7 +432,8 @@ impl BitcoindBackend {
         Err(last.unwrap_or_else(|| BackendError::Internal("no node".into())))
     }
 
-    /// Submits a block to every node at once.
+    /// Submits a block to every node at once: accepted if any node took it, else inconclusive if
+    /// any node could not decide ([`is_inconclusive`]), else rejected with a node's reason.
     pub async fn submit_block(&self, block: &Block) -> Result<BlockFate, BackendError> {
         let hex = bitcoin::consensus::serialize(block).to_lower_hex_string();
         let mut set = tokio::task::JoinSet::new();
@@ -453,6 +454,9 @@ impl BitcoindBackend {
         }
         if accepted {
             return Ok(BlockFate::Accepted);
+        }
+        if let Some(r) = reasons.iter().find(|r| is_inconclusive(r)) {
+            return Ok(BlockFate::Inconclusive(r.clone()));
         }
         if let Some(r) = reasons.into_iter().next() {
             return Ok(BlockFate::Rejected(r));
@@ -526,7 +530,13 @@ fn parse_scan(
     Ok(out)
 }
 
-/// `Ok(None)` accepted, `Ok(Some(reason))` rejected.
+/// Core's `submitblock` answers that decide nothing: the block is valid so far but not on the
+/// node's best chain (BIP 22's `inconclusive`; `duplicate-inconclusive` for one it had already).
+pub fn is_inconclusive(answer: &str) -> bool {
+    answer == "inconclusive" || answer == "duplicate-inconclusive"
+}
+
+/// `Ok(None)` accepted, `Ok(Some(reason))` not (rejected, or [`is_inconclusive`]).
 async fn submit_one(c: &RpcClient, hex: &str) -> Result<Option<String>, BackendError> {
     let mut wait = Duration::from_millis(100);
     let mut attempt = 0;

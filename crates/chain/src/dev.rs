@@ -561,7 +561,7 @@ impl DevRpc {
         let block = fill_witness_nonce(block);
         Ok(match self.node.submit_block_blocking(block) {
             BlockFate::Accepted => Value::Null,
-            BlockFate::Rejected(r) => json!(r),
+            BlockFate::Rejected(r) | BlockFate::Inconclusive(r) => json!(r),
         })
     }
 
@@ -685,7 +685,7 @@ impl DevRpc {
                     hashes.push(hash.to_string());
                     waited = std::time::Duration::ZERO;
                 }
-                BlockFate::Rejected(r) => {
+                BlockFate::Rejected(r) | BlockFate::Inconclusive(r) => {
                     return Err(RpcError::new(
                         code::MISC_ERROR,
                         format!("generated block rejected: {r}"),

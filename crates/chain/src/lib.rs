@@ -41,6 +41,11 @@ pub enum BlockFate {
     Accepted,
     /// Rejected with Core's reason string by every node that answered.
     Rejected(String),
+    /// Not decided yet: Core answered `inconclusive` (or `duplicate-inconclusive`): the block is
+    /// valid as far as checked but is not on the node's best chain now (a competing block at the
+    /// same height arrived first). Neither accepted nor rejected: the pool keeps its intent and
+    /// settles it against the chain at a later tip.
+    Inconclusive(String),
 }
 
 /// An unspent output a wallet may spend now (confirmed; a coinbase only once mature).

@@ -345,7 +345,7 @@ async fn settle_block_intents(log: &ShareLog, backend: &Backend, logged_before_m
                 let _ = backend.submit_block(block).await;
                 match backend.confirmations(&h).await {
                     Ok(Some(_)) => "accepted".to_string(),
-                    Ok(None) => "not in the best chain after restart".to_string(),
+                    Ok(None) => "not in the best chain when settled".to_string(),
                     Err(e) => {
                         tracing::warn!(error = %e, %hash, "block intent not settled (chain unavailable); accounting waits at it");
                         continue;

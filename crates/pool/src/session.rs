@@ -648,6 +648,18 @@ impl Session {
         let fate = match shared.backend.submit_block(block).await {
             Ok(chain::BlockFate::Accepted) => "accepted".to_string(),
             Ok(chain::BlockFate::Rejected(r)) => r,
+            // Undecided (a competing block is the node's tip for now): the intent row stays and
+            // is settled against the chain at a later tip, like one left by a crash.
+            Ok(chain::BlockFate::Inconclusive(r)) => {
+                tracing::warn!(height = job.template.height, %hash, answer = %r, finder,
+                    "block found, the node's answer is inconclusive; it is settled against the chain at a later tip");
+                if !matches!(intent, Ok(true)) {
+                    if let Err(e) = shared.log.append_block(rec).await {
+                        tracing::error!(error = %e, %hash, "inconclusive block's intent not recorded");
+                    }
+                }
+                return;
+            }
             // The node may have taken it all the same (a timeout after the submission): ask.
             Err(e) => match shared.backend.confirmations(&hash).await {
                 Ok(Some(_)) => "accepted".to_string(),

@@ -734,5 +734,52 @@ async fn scantxoutset_waits_past_the_ordinary_call_timeout() {
     cfg.scan_timeout = cfg.timeout;
     let b = BitcoindBackend::connect(cfg).await.unwrap();
     let e = b.spendable_coins(&spk).await.unwrap_err();
-    assert!(e.to_string().contains("scantxoutset timed out after 500 ms"), "{e}");
+    assert!(
+        e.to_string().contains("scantxoutset timed out after 500 ms"),
+        "{e}"
+    );
+}
+
+/// Core's `submitblock` answers `inconclusive` for a block that is valid so far but not on its best
+/// chain (a competing block at the same height came first): that decides nothing, so it is not a
+/// rejection (the pool would otherwise never credit a block that may still win).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_submitblock_answer_is_not_a_rejection() {
+    let block = bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Bitcoin);
+    let node = |answer: &str| {
+        let mut calls = recorded(Ok(json!({})), mainnet_info(false, 900000, 900000));
+        Arc::get_mut(&mut calls)
+            .unwrap()
+            .0
+            .insert("submitblock", Ok(json!(answer)));
+        calls
+    };
+    for answer in ["inconclusive", "duplicate-inconclusive"] {
+        let s = serve(node(answer)).await;
+        let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&s), auth(), "main"))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.submit_block(&block).await.unwrap(),
+            BlockFate::Inconclusive(answer.into())
+        );
+    }
+    // One node rejects, another cannot decide yet: undecided, not rejected.
+    let (a, c) = (serve(node("high-hash")).await, serve(node("inconclusive")).await);
+    let mut cfg = BitcoindConfig::single(&url(&a), auth(), "main");
+    cfg.nodes.push((url(&c), auth()));
+    let b = BitcoindBackend::connect(cfg).await.unwrap();
+    assert_eq!(
+        b.submit_block(&block).await.unwrap(),
+        BlockFate::Inconclusive("inconclusive".into())
+    );
+    // A rejection by every node stays one.
+    let s = serve(node("bad-txnmrklroot")).await;
+    let b = BitcoindBackend::connect(BitcoindConfig::single(&url(&s), auth(), "main"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.submit_block(&block).await.unwrap(),
+        BlockFate::Rejected("bad-txnmrklroot".into())
+    );
 }
