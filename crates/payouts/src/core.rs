@@ -17,10 +17,16 @@
 use core_rpc::{amount_to_sat, sat_to_amount, ClientError, RpcClient};
 use serde_json::{json, Value};
 
-/// Wallet transactions read when looking for a payout's comment (newest first). A crash leaves at
-/// most one unsent payout, and it is looked up at the next pass, so the wallet cannot have made
-/// thousands of transactions since.
-pub const COMMENT_SEARCH_TXS: u64 = 1_000;
+/// Wallet entries read per `listtransactions` call when looking for a payout's comment. Core lists
+/// one entry per output (a 500-payee `sendmany` is 500 entries) and the wallet may serve others, so
+/// the search pages back (newest first) until it reaches entries older than the payout's record
+/// (less [`COMMENT_SEARCH_SLACK_SECS`]) or the wallet's first entry.
+pub const COMMENT_SEARCH_PAGE: u64 = 1_000;
+/// Clock slack: entries stamped up to this long before the payout was recorded are still read.
+pub const COMMENT_SEARCH_SLACK_SECS: i64 = 2 * 60 * 60;
+/// Pages read at most: past them the search fails (the payout stays in flight, never sent twice)
+/// rather than deciding that the wallet never sent it.
+pub const COMMENT_SEARCH_PAGES_MAX: u64 = 1_000;
 
 /// A wallet transaction as Core's `gettransaction` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,29 +106,47 @@ impl CoreWallet {
         check_txid(txid).map(str::to_string)
     }
 
-    /// The txid of the wallet's send whose comment is `comment`, if it made one (among its newest
-    /// [`COMMENT_SEARCH_TXS`] transactions).
-    pub async fn find_by_comment(&self, comment: &str) -> Result<Option<String>, String> {
-        let v = self
-            .rpc
-            .call("listtransactions", json!(["*", COMMENT_SEARCH_TXS, 0, true]))
-            .await
-            .map_err(|e| rpc_err("listtransactions", e))?;
-        let list = v
-            .as_array()
-            .ok_or_else(|| format!("Core wallet listtransactions: not a list: {v}"))?;
-        for t in list {
-            if t.get("comment").and_then(Value::as_str) == Some(comment)
-                && t.get("category").and_then(Value::as_str) == Some("send")
-            {
-                let txid = t
-                    .get("txid")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| format!("Core wallet listtransactions: entry without txid: {t}"))?;
-                return check_txid(txid).map(|s| Some(s.to_string()));
+    /// The txid of the wallet's send whose comment is `comment`, if it made one since `since_ms`
+    /// (unix ms, when the payout was recorded): pages back through `listtransactions`
+    /// ([`COMMENT_SEARCH_PAGE`] entries at a time) until an entry is older than that (less
+    /// [`COMMENT_SEARCH_SLACK_SECS`]) or the wallet has no more; an error past
+    /// [`COMMENT_SEARCH_PAGES_MAX`] pages, never a "not found" it did not establish.
+    pub async fn find_by_comment(&self, comment: &str, since_ms: i64) -> Result<Option<String>, String> {
+        let since = since_ms
+            .div_euclid(1000)
+            .saturating_sub(COMMENT_SEARCH_SLACK_SECS);
+        for page in 0..COMMENT_SEARCH_PAGES_MAX {
+            let skip = page * COMMENT_SEARCH_PAGE;
+            let v = self
+                .rpc
+                .call("listtransactions", json!(["*", COMMENT_SEARCH_PAGE, skip, true]))
+                .await
+                .map_err(|e| rpc_err("listtransactions", e))?;
+            let list = v
+                .as_array()
+                .ok_or_else(|| format!("Core wallet listtransactions: not a list: {v}"))?;
+            let mut older = false;
+            for t in list {
+                if t.get("comment").and_then(Value::as_str) == Some(comment)
+                    && t.get("category").and_then(Value::as_str) == Some("send")
+                {
+                    let txid = t
+                        .get("txid")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| format!("Core wallet listtransactions: entry without txid: {t}"))?;
+                    return check_txid(txid).map(|s| Some(s.to_string()));
+                }
+                older |= t.get("time").and_then(Value::as_i64).is_some_and(|at| at < since);
+            }
+            if older || (list.len() as u64) < COMMENT_SEARCH_PAGE {
+                return Ok(None);
             }
         }
-        Ok(None)
+        Err(format!(
+            "Core wallet: payout {comment:?} not found in the newest {} wallet entries, which all \
+             look newer than the payout; not sending it again (check the wallet for it)",
+            COMMENT_SEARCH_PAGES_MAX * COMMENT_SEARCH_PAGE
+        ))
     }
 
     /// The wallet's view of `txid` (`gettransaction`); `None` if the wallet does not know it.

@@ -360,7 +360,7 @@ impl Engine {
         };
         if !p.signed {
             let comment = intent_comment(&p.txid);
-            let txid = match w.find_by_comment(&comment).await? {
+            let txid = match w.find_by_comment(&comment, p.created_ms).await? {
                 Some(t) => t,
                 None => {
                     let outputs: Vec<(String, u64)> = p

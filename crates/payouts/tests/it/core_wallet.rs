@@ -21,6 +21,8 @@ struct State {
     txs: Vec<(bitcoin::Transaction, String, i64)>,
     fail_next_sendmany: bool,
     fail_next_gettransaction: bool,
+    /// Entries of other wallet activity, newer than every send.
+    other_entries: usize,
 }
 
 struct FakeWallet {
@@ -93,19 +95,37 @@ impl RpcHandler for FakeWallet {
                 Ok(json!(txid))
             }
             "listtransactions" => {
+                // As Core: one entry per output of a send, oldest first; `count` entries after
+                // skipping the `skip` newest (Core's default count is 10).
                 assert_eq!(params.first(), Some(&json!("*")));
-                let list: Vec<Value> = s
-                    .txs
-                    .iter()
-                    .map(|(tx, c, confs)| {
+                let count = params.get(1).and_then(Value::as_u64).unwrap_or(10) as usize;
+                let skip = params.get(2).and_then(Value::as_u64).unwrap_or(0) as usize;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let mut list = Vec::new();
+                for (tx, c, confs) in &s.txs {
+                    for vout in 0..tx.output.len() {
                         let mut e = self.recorded["listtransactions_entry"].clone();
                         e["txid"] = json!(tx.compute_txid().to_string());
+                        e["vout"] = json!(vout);
                         e["comment"] = json!(c);
                         e["confirmations"] = json!(confs);
-                        e
-                    })
-                    .collect();
-                Ok(Value::Array(list))
+                        e["time"] = json!(now);
+                        list.push(e);
+                    }
+                }
+                for i in 0..s.other_entries {
+                    let mut e = self.recorded["listtransactions_entry"].clone();
+                    e["category"] = json!("receive");
+                    e["txid"] = json!(format!("{i:064x}"));
+                    e["time"] = json!(now);
+                    list.push(e);
+                }
+                let end = list.len().saturating_sub(skip);
+                let start = end.saturating_sub(count);
+                Ok(Value::Array(list[start..end].to_vec()))
             }
             "gettransaction" => {
                 if std::mem::take(&mut s.fail_next_gettransaction) {
@@ -240,6 +260,9 @@ async fn core_wallet_payouts_are_recorded_first_sent_once_and_booked_at_the_wall
             "{backend}: the pass fails with the answer lost"
         );
         assert_eq!(fake.state.lock().unwrap().sent.len(), 2);
+        // Meanwhile the wallet served others: 1,500 newer entries push the send past the first
+        // page of listtransactions (the search pages back until entries predate the payout).
+        fake.state.lock().unwrap().other_entries = 1_500;
         let p2 = l
             .payouts(Some(PayoutState::InFlight), 10)
             .await
