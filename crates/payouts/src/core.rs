@@ -19,8 +19,10 @@ use serde_json::{json, Value};
 
 /// Wallet entries read per `listtransactions` call when looking for a payout's comment. Core lists
 /// one entry per output (a 500-payee `sendmany` is 500 entries) and the wallet may serve others, so
-/// the search pages back (newest first) until it reaches entries older than the payout's record
-/// (less [`COMMENT_SEARCH_SLACK_SECS`]) or the wallet's first entry.
+/// the search pages back (newest first, in the wallet's insertion order) until a whole page was
+/// received before the payout's record (`timereceived`, less [`COMMENT_SEARCH_SLACK_SECS`]) or the
+/// wallet has no more. `timereceived` is when the wallet stored the entry; `time` is not used, as a
+/// transaction found by a rescan carries its old block's time though it is inserted as the newest.
 pub const COMMENT_SEARCH_PAGE: u64 = 1_000;
 /// Clock slack: entries stamped up to this long before the payout was recorded are still read.
 pub const COMMENT_SEARCH_SLACK_SECS: i64 = 2 * 60 * 60;
@@ -108,8 +110,8 @@ impl CoreWallet {
 
     /// The txid of the wallet's send whose comment is `comment`, if it made one since `since_ms`
     /// (unix ms, when the payout was recorded): pages back through `listtransactions`
-    /// ([`COMMENT_SEARCH_PAGE`] entries at a time) until an entry is older than that (less
-    /// [`COMMENT_SEARCH_SLACK_SECS`]) or the wallet has no more; an error past
+    /// ([`COMMENT_SEARCH_PAGE`] entries at a time) until every entry of a page was received before
+    /// that (less [`COMMENT_SEARCH_SLACK_SECS`]) or the wallet has no more; an error past
     /// [`COMMENT_SEARCH_PAGES_MAX`] pages, never a "not found" it did not establish.
     pub async fn find_by_comment(&self, comment: &str, since_ms: i64) -> Result<Option<String>, String> {
         let since = since_ms
@@ -125,7 +127,8 @@ impl CoreWallet {
             let list = v
                 .as_array()
                 .ok_or_else(|| format!("Core wallet listtransactions: not a list: {v}"))?;
-            let mut older = false;
+            // The newest insertion time in the page (a page is oldest-first, but read them all).
+            let mut newest: Option<i64> = None;
             for t in list {
                 if t.get("comment").and_then(Value::as_str) == Some(comment)
                     && t.get("category").and_then(Value::as_str) == Some("send")
@@ -136,9 +139,10 @@ impl CoreWallet {
                         .ok_or_else(|| format!("Core wallet listtransactions: entry without txid: {t}"))?;
                     return check_txid(txid).map(|s| Some(s.to_string()));
                 }
-                older |= t.get("time").and_then(Value::as_i64).is_some_and(|at| at < since);
+                let received = t.get("timereceived").and_then(Value::as_i64);
+                newest = newest.max(received);
             }
-            if older || (list.len() as u64) < COMMENT_SEARCH_PAGE {
+            if newest.is_some_and(|at| at < since) || (list.len() as u64) < COMMENT_SEARCH_PAGE {
                 return Ok(None);
             }
         }

@@ -113,6 +113,7 @@ impl RpcHandler for FakeWallet {
                         e["comment"] = json!(c);
                         e["confirmations"] = json!(confs);
                         e["time"] = json!(now);
+                        e["timereceived"] = json!(now);
                         list.push(e);
                     }
                 }
@@ -120,7 +121,9 @@ impl RpcHandler for FakeWallet {
                     let mut e = self.recorded["listtransactions_entry"].clone();
                     e["category"] = json!("receive");
                     e["txid"] = json!(format!("{i:064x}"));
-                    e["time"] = json!(now);
+                    // Found by a rescan: an old block's time, received (inserted) now.
+                    e["time"] = json!(1_600_000_000);
+                    e["timereceived"] = json!(now);
                     list.push(e);
                 }
                 let end = list.len().saturating_sub(skip);
