@@ -19,6 +19,14 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
+impl Harness {
+    /// A ledger in the harness's directory (`ledger.sqlite`).
+    async fn ledger(&self) -> std::sync::Arc<ledger::Ledger> {
+        let url = self._dir.path().join("ledger.sqlite");
+        std::sync::Arc::new(ledger::Ledger::open(&url.to_string_lossy()).await.unwrap())
+    }
+}
+
 async fn harness(tweak: impl FnOnce(&mut PoolConfig)) -> Harness {
     harness_with_log_cap(tweak, None).await
 }
@@ -534,11 +542,7 @@ async fn two_miners_with(
         tweak(c);
     })
     .await;
-    let l = std::sync::Arc::new(
-        ledger::Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
-            .await
-            .unwrap(),
-    );
+    let l = h.ledger().await;
     h.pool.feed_ledger(l.clone());
     let mut m1 = Miner::connect(h.pool.local_addr()).await;
     let mut m2 = Miner::connect(h.pool.local_addr()).await;
@@ -1038,7 +1042,7 @@ async fn past_the_accounting_backlog_bound_shares_are_refused_not_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tides_uses_a_window_of_eight_times_the_block_work() {
-    use ledger::{Account, Ledger, PlatformAccount};
+    use ledger::{Account, PlatformAccount};
     let spk = bitcoin::Address::p2wsh(
         &bitcoin::ScriptBuf::from_bytes(vec![0x51, 0x01, 9]),
         Network::Regtest,
@@ -1050,11 +1054,7 @@ async fn tides_uses_a_window_of_eight_times_the_block_work() {
         c.initial_difficulty = Difficulty::MIN;
     })
     .await;
-    let l = std::sync::Arc::new(
-        Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
-            .await
-            .unwrap(),
-    );
+    let l = h.ledger().await;
     h.pool.feed_ledger(l.clone());
     let mut m = Miner::connect(h.pool.local_addr()).await;
     let user = format!("{ADDR}.t");
@@ -2038,11 +2038,7 @@ async fn a_ledger_behind_the_pruned_share_log_is_refused_not_silently_skipped() 
     }
     let p = h.pool.log().prune(i64::MAX, i64::MAX, 1_000).await.unwrap();
     assert_eq!(p.shares, 19, "all but the newest");
-    let l = std::sync::Arc::new(
-        ledger::Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
-            .await
-            .unwrap(),
-    );
+    let l = h.ledger().await;
     h.pool.feed_ledger(l.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -2133,11 +2129,7 @@ async fn while_the_ledger_is_down_the_backlog_bound_still_holds() {
         c.ledger_backlog_max = 5;
     })
     .await;
-    let l = std::sync::Arc::new(
-        ledger::Ledger::open(&h._dir.path().join("ledger.sqlite").to_string_lossy())
-            .await
-            .unwrap(),
-    );
+    let l = h.ledger().await;
     h.pool.feed_ledger(l.clone());
     let mut m = Miner::connect(h.pool.local_addr()).await;
     let user = format!("{ADDR}.down");
